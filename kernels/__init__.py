@@ -1,0 +1,1 @@
+"""Kernels: Triton for GPUs, torch twins for CPUs and as the reference; `kernels.ops` dispatches."""

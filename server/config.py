@@ -1,0 +1,58 @@
+"""Engine configuration: one dataclass, checked once; the CLI maps onto it."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DTYPES = ("auto", "bfloat16", "float32", "float16")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: without them torch's CPU bf16 matmuls run several times slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device == "cuda" or cpu_has_fast_bf16() else "float32"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("LORAPLEX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loraplex"
+    )
+    return Path(root)
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str | None = None  # HF directory or .gguf file; None = the embedded SmolLM2-135M-Instruct
+    dtype: str = "auto"  # bfloat16 on CUDA and on CPUs with native bf16 (AMX), else float32
+    device: str = "cpu"
+    pool_mb: int = 512  # the unified pool: KV pages (and, later, adapter pages)
+    block_size: int = 16  # tokens per KV page
+    max_num_seqs: int = 64  # sequences in one step
+    max_batch_tokens: int = 2048  # tokens in one step (prefill chunks + decodes)
+    max_model_len: int | None = None  # None = the model's max_position_embeddings
+    num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
+    cache_dir: Path | None = None  # converted-weights cache; None = default_cache_dir()
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.pool_mb < 1:
+            raise ValueError("pool_mb must be positive")
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        if self.max_num_seqs < 1 or self.max_batch_tokens < 1:
+            raise ValueError("max_num_seqs and max_batch_tokens must be positive")
+        self.dtype = resolve_dtype(self.dtype, self.device)
+        if self.cache_dir is None:
+            self.cache_dir = default_cache_dir()

@@ -1,0 +1,136 @@
+"""The engine on its own thread, driven from asyncio: submit, stream deltas, abort.
+
+The event loop never runs model code: requests and aborts cross to the engine thread through a
+locked inbox, deltas come back through loop.call_soon_threadsafe onto per-request queues.
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from server.engine.llm_engine import EngineRequest, LLMEngine
+from server.engine.outputs import SequenceDelta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Stream:
+    queue: asyncio.Queue
+    loop: asyncio.AbstractEventLoop
+    open_seqs: int  # sequences the consumer has not seen finish (event-loop side)
+    engine_open: int  # sequences the engine has not finished (engine-thread side)
+
+
+class EngineDead(RuntimeError):
+    pass
+
+
+class AsyncEngine:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._inbox: list[EngineRequest] = []
+        self._aborts: list[str] = []
+        self._streams: dict[str, _Stream] = {}
+        self._stop = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="loraplex-engine", daemon=True)
+
+    # lifecycle
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def num_streams(self) -> int:
+        return len(self._streams)
+
+    # API
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[SequenceDelta]:
+        """Stream a request's deltas until all its sequences finish. Leaving early aborts it."""
+        if self._error is not None:
+            raise EngineDead(f"the engine stopped: {self._error!r}")
+        self.engine.check_request(request)  # bad input fails here, in the caller, with ValueError
+        n = request.params.n
+        stream = _Stream(asyncio.Queue(), asyncio.get_running_loop(), n, n)
+        with self._lock:
+            self._streams[request.request_id] = stream
+            self._inbox.append(request)
+        self._wake.set()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    stream.open_seqs -= 1
+                    if stream.open_seqs == 0:
+                        finished = True
+                        return
+        finally:
+            if not finished:
+                self.abort(request.request_id)
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            self._aborts.append(request_id)
+        self._wake.set()
+
+    # engine thread
+
+    def _deliver(self, deltas: list[SequenceDelta]) -> None:
+        for d in deltas:
+            stream = self._streams.get(d.request_id)
+            if stream is None:
+                continue
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, d)
+            if d.finish_reason is not None:
+                stream.engine_open -= 1
+                if stream.engine_open == 0:
+                    with self._lock:
+                        self._streams.pop(d.request_id, None)
+
+    def _drain_inbox(self) -> None:
+        with self._lock:
+            inbox, self._inbox = self._inbox, []
+            aborts, self._aborts = self._aborts, []
+        for req in inbox:
+            try:
+                self.engine.add_request(req)
+            except ValueError as e:  # raced with another check; fail only this request
+                stream = self._streams.pop(req.request_id, None)
+                if stream:
+                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
+        for rid in aborts:
+            self.engine.abort(rid)
+            with self._lock:
+                self._streams.pop(rid, None)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop:
+                self._drain_inbox()
+                if not self.engine.has_work():
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+                self._deliver(self.engine.step())
+        except BaseException as e:  # a bug in the engine: fail every open stream instead of hanging it
+            log.exception("engine loop died")
+            self._error = e
+            with self._lock:
+                streams, self._streams = list(self._streams.values()), {}
+            for s in streams:
+                s.loop.call_soon_threadsafe(s.queue.put_nowait, EngineDead(f"the engine stopped: {e!r}"))

@@ -1,0 +1,165 @@
+"""The synchronous engine: requests in, one scheduler step + one forward per call, deltas out."""
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from server.config import EngineConfig
+from server.engine.model_runner import ModelRunner
+from server.engine.output_processor import OutputProcessor
+from server.engine.outputs import SequenceDelta
+from server.engine.sampling_params import SamplingParams
+from server.engine.scheduler import Scheduler, SchedulerConfig
+from server.engine.sequence import SeqStatus, Sequence
+from server.memory.block_manager import BlockManager, blocks_for
+from server.memory.device_pool import DevicePool
+from server.model.llama import LlamaForCausalLM, head_dim
+from server.model.loader import Checkpoint, build_model, resolve_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    adapter: str | None = None  # None = the base model
+
+
+def _eos_ids(ckpt: Checkpoint) -> set[int]:
+    ids: set[int] = set()
+    for src in (ckpt.config.eos_token_id, ckpt.tokenizer.eos_token_id):
+        if src is not None:
+            ids.update(src if isinstance(src, list) else [src])
+    return ids
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, checkpoint: Checkpoint, model: LlamaForCausalLM):
+        self.config = config
+        self.checkpoint = checkpoint
+        self.tokenizer = checkpoint.tokenizer
+        self.model_name = checkpoint.name
+        mc = checkpoint.config
+        self.max_model_len = config.max_model_len or mc.max_position_embeddings
+        dtype = getattr(torch, config.dtype)
+        n_pages = DevicePool.pages_for_budget(
+            config.pool_mb, mc.num_hidden_layers, config.block_size, mc.num_key_value_heads, head_dim(mc), dtype
+        )
+        self.pool = DevicePool(
+            n_pages, mc.num_hidden_layers, config.block_size, mc.num_key_value_heads, head_dim(mc), dtype,
+            config.device,
+        )
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_num_seqs, config.max_batch_tokens),
+            BlockManager(self.pool.book, config.block_size),
+        )
+        self.runner = ModelRunner(model, self.pool)
+        self.outputs = OutputProcessor(self.tokenizer, _eos_ids(checkpoint), self.max_model_len)
+        self._seq_ids = itertools.count()
+        self._requests: dict[str, list[Sequence]] = {}
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "LLMEngine":
+        t0 = time.perf_counter()
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        ckpt = resolve_checkpoint(config.model, config.cache_dir)
+        max_len = config.max_model_len or ckpt.config.max_position_embeddings
+        model = build_model(ckpt, max_len, getattr(torch, config.dtype), config.device)
+        engine = cls(config, ckpt, model)
+        log.info(
+            "engine ready: %s, %s, %d KV pages of %d tokens, %.1fs",
+            ckpt.name, config.dtype, engine.pool.book.num_pages, config.block_size, time.perf_counter() - t0,
+        )
+        return engine
+
+    # requests
+
+    def check_request(self, req: EngineRequest) -> None:
+        """Raise ValueError naming what is wrong; nothing changes."""
+        n = len(req.prompt_ids)
+        if n == 0:
+            raise ValueError("the prompt is empty")
+        if req.request_id in self._requests:
+            raise ValueError(f"request id {req.request_id!r} is already running")
+        vocab = self.checkpoint.config.vocab_size
+        if min(req.prompt_ids) < 0 or max(req.prompt_ids) >= vocab:
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if n >= self.max_model_len:
+            raise ValueError(f"the prompt has {n} tokens; this model's context is {self.max_model_len}")
+        need = blocks_for(min(n + req.params.max_tokens, self.max_model_len), self.config.block_size)
+        if need > self.pool.book.num_pages:
+            raise ValueError(f"prompt + max_tokens need {need} KV pages; the pool has {self.pool.book.num_pages}")
+
+    def add_request(self, req: EngineRequest) -> None:
+        self.check_request(req)
+        now = time.monotonic()
+        seqs = []
+        for i in range(req.params.n):
+            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now)
+            if req.params.seed is not None:
+                self.runner.generators[seq.seq_id] = torch.Generator().manual_seed(req.params.seed + i)
+            self.outputs.add(seq)
+            self.scheduler.add(seq)
+            seqs.append(seq)
+        self._requests[req.request_id] = seqs
+
+    def abort(self, request_id: str) -> list[SequenceDelta]:
+        deltas = []
+        for seq in self._requests.get(request_id, []):
+            if seq.status is not SeqStatus.FINISHED:
+                self.scheduler.finish(seq, "abort")
+                deltas.append(self.outputs.delta(seq, "abort"))
+            self._forget(seq)
+        self._requests.pop(request_id, None)
+        return deltas
+
+    def _forget(self, seq: Sequence) -> None:
+        self.outputs.drop(seq)
+        self.runner.generators.pop(seq.seq_id, None)
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work()
+
+    # the loop
+
+    def step(self) -> list[SequenceDelta]:
+        out = self.scheduler.schedule()
+        if not out.chunks:
+            return []
+        sampled = self.runner.run(out)
+        self.scheduler.advance(out)
+        deltas = []
+        for s in sampled:
+            seq = s.chunk.seq
+            reason = self.outputs.append(seq, s.token_id, s.logprob)
+            if reason:
+                self.scheduler.finish(seq, reason)
+            deltas.append(self.outputs.delta(seq, reason))
+            if reason:
+                self._finish(seq)
+        return deltas
+
+    def _finish(self, seq: Sequence) -> None:
+        self._forget(seq)
+        seqs = self._requests.get(seq.request_id, [])
+        if all(s.status is SeqStatus.FINISHED for s in seqs):
+            self._requests.pop(seq.request_id, None)
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]) -> list[list[int]]:
+        """Offline: run prompts to completion together; output ids of sequence 0 of each, in order."""
+        params = params if isinstance(params, list) else [params] * len(prompts)
+        ids = [f"offline-{next(self._seq_ids)}" for _ in prompts]
+        results: dict[str, list[int]] = {i: [] for i in ids}
+        for rid, prompt, p in zip(ids, prompts, params, strict=True):
+            self.add_request(EngineRequest(rid, prompt, p))
+        while self.has_work():
+            for d in self.step():
+                if d.index == 0:
+                    results[d.request_id] += d.token_ids
+        return [results[i] for i in ids]

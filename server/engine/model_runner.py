@@ -1,0 +1,79 @@
+"""Turns a SchedulerOutput into tensors, runs the model once, samples the rows that end a sequence."""
+
+from dataclasses import dataclass
+
+import torch
+
+from server.engine.outputs import TokenLogprob
+from server.engine.sampler import SampleRow, sample
+from server.engine.scheduler import ScheduledChunk, SchedulerOutput
+from server.memory.device_pool import DevicePool
+from server.model.batch import AttentionBatch
+from server.model.llama import LlamaForCausalLM
+
+
+@dataclass(slots=True)
+class Sampled:
+    chunk: ScheduledChunk
+    token_id: int
+    logprob: TokenLogprob | None
+
+
+def _tables(chunks: list[ScheduledChunk], device) -> torch.Tensor:
+    width = max(len(c.seq.block_table) for c in chunks)
+    rows = [c.seq.block_table + [0] * (width - len(c.seq.block_table)) for c in chunks]
+    return torch.tensor(rows, dtype=torch.int32, device=device)  # (S, width)
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, pool: DevicePool, seed: int = 0):
+        self.model = model
+        self.pool = pool
+        self.kv_cache = pool.kv_cache()
+        self.device = pool.pages.device
+        self.block_size = pool.block_size
+        self.generators: dict[int, torch.Generator] = {}  # seq_id -> generator, for seeded sequences
+        self.default_generator = torch.Generator().manual_seed(seed)
+
+    def build(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch]:
+        bs, dev = self.block_size, self.device
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        logits_at: list[int] = []
+        cu = [0]
+        for chunk in out.chunks:
+            seq, start, n = chunk.seq, chunk.start, chunk.num_tokens
+            table = seq.block_table
+            ids += seq.tokens(start, start + n)
+            positions += range(start, start + n)
+            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            cu.append(cu[-1] + n)
+            if chunk.samples:
+                logits_at.append(cu[-1] - 1)
+        P = len(out.prefills)
+        as_i32 = lambda xs: torch.tensor(xs, dtype=torch.int32, device=dev)  # noqa: E731
+        batch = AttentionBatch(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            num_prefill_tokens=cu[P],
+            prefill_block_tables=_tables(out.prefills, dev) if P else None,
+            prefill_cu_seqlens=as_i32(cu[: P + 1]) if P else None,
+            prefill_context_lens=as_i32([c.start + c.num_tokens for c in out.prefills]) if P else None,
+            decode_block_tables=_tables(out.decodes, dev) if out.decodes else None,
+            decode_context_lens=as_i32([c.start + 1 for c in out.decodes]) if out.decodes else None,
+            logits_indices=torch.tensor(logits_at, dtype=torch.int64, device=dev),
+        )
+        input_ids = torch.tensor(ids, dtype=torch.int64, device=dev)  # (T,)
+        pos = torch.tensor(positions, dtype=torch.int64, device=dev)  # (T,)
+        return input_ids, pos, batch
+
+    @torch.inference_mode()
+    def run(self, out: SchedulerOutput) -> list[Sampled]:
+        input_ids, positions, batch = self.build(out)
+        sampling = [c for c in out.chunks if c.samples]
+        logits = self.model(input_ids, positions, batch, self.kv_cache)  # (S, V)
+        if not sampling:
+            return []
+        rows = [SampleRow(c.seq.params, self.generators.get(c.seq.seq_id)) for c in sampling]
+        tokens, logprobs = sample(logits.float().cpu(), rows, self.default_generator)
+        return [Sampled(c, t, lp) for c, t, lp in zip(sampling, tokens, logprobs, strict=True)]

@@ -1,0 +1,25 @@
+"""Messages the engine sends back: one per sequence per step that produced something."""
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token_id, logprob), best first
+
+
+@dataclass(slots=True)
+class SequenceDelta:
+    """What one sequence of a request produced since its previous delta."""
+
+    request_id: str
+    index: int  # which of the request's n sequences
+    token_ids: list[int]  # new tokens (stop-string tail already trimmed from text, not from ids)
+    text: str  # new detokenized text
+    logprobs: list[TokenLogprob] | None  # one per new token when asked for
+    finish_reason: str | None  # None while running; "stop" | "length" | "abort" | "error"
+    num_prompt_tokens: int
+    num_output_tokens: int  # total so far
+    error: str | None = None  # set with finish_reason == "error"

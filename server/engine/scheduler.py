@@ -1,0 +1,124 @@
+"""Iteration-level continuous batching with chunked prefill and recompute preemption. No torch here.
+
+Every step: running sequences first (oldest first: decodes and unfinished prefill chunks), then
+waiting ones while seats, tokens and pages last. When a running sequence needs a page and none is
+free, the newest running sequence is preempted: its pages are freed and it goes back to the front
+of the queue to be recomputed later. Requests are never dropped or duplicated.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from server.engine.sequence import SeqStatus, Sequence
+from server.memory.block_manager import BlockManager
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_batch_tokens: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_batch_tokens < 1:
+            raise ValueError("max_num_seqs and max_batch_tokens must be positive")
+
+
+@dataclass(slots=True)
+class ScheduledChunk:
+    seq: Sequence
+    start: int  # first position computed this step (== seq.num_computed when scheduled)
+    num_tokens: int  # tokens computed this step
+
+    @property
+    def samples(self) -> bool:
+        """Whether this chunk reaches the end of the sequence, so its last token's logits are sampled."""
+        return self.start + self.num_tokens == self.seq.num_tokens
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    prefills: list[ScheduledChunk] = field(default_factory=list)  # chunks of more than one token
+    decodes: list[ScheduledChunk] = field(default_factory=list)  # one token each
+    preempted: list[Sequence] = field(default_factory=list)  # freed this step, back in the queue
+
+    @property
+    def chunks(self) -> list[ScheduledChunk]:
+        return self.prefills + self.decodes
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.prefills) + len(self.decodes)
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager):
+        self.config = config
+        self.blocks = blocks
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SeqStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_batch_tokens
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            while not self.blocks.can_grow(seq.block_table, seq.num_computed + n):
+                victim = self.running[-1]  # newest; never one already scheduled (those sit before i)
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is seq:
+                    break
+            else:
+                self._place(out, seq, n)
+                budget -= n
+                i += 1
+        if out.preempted:  # no room for newcomers this step
+            return out
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            if not self.blocks.can_grow(seq.block_table, seq.num_computed + n):
+                break
+            self.waiting.popleft()
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            self._place(out, seq, n)
+            budget -= n
+        return out
+
+    def _place(self, out: SchedulerOutput, seq: Sequence, n: int) -> None:
+        self.blocks.grow(seq.block_table, seq.num_computed + n)
+        chunk = ScheduledChunk(seq, seq.num_computed, n)
+        (out.decodes if n == 1 else out.prefills).append(chunk)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.blocks.release(seq.block_table)
+        seq.num_computed = 0
+        seq.num_preemptions += 1
+        seq.status = SeqStatus.WAITING
+        self.waiting.appendleft(seq)
+
+    def advance(self, out: SchedulerOutput) -> None:
+        """The step ran: count its tokens as computed."""
+        for chunk in out.chunks:
+            chunk.seq.num_computed = chunk.start + chunk.num_tokens
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        """Leave the batch (finished or aborted); its pages go back to the pool at once."""
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+        self.blocks.release(seq.block_table)
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason

