@@ -12,7 +12,7 @@ from server.engine.model_runner import ModelRunner
 from server.engine.output_processor import OutputProcessor
 from server.engine.outputs import SequenceDelta
 from server.engine.sampling_params import SamplingParams
-from server.engine.scheduler import Scheduler, SchedulerConfig
+from server.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from server.engine.sequence import SeqStatus, Sequence
 from server.memory.block_manager import BlockManager, blocks_for
 from server.memory.device_pool import DevicePool
@@ -62,6 +62,7 @@ class LLMEngine:
         self.outputs = OutputProcessor(self.tokenizer, _eos_ids(checkpoint), self.max_model_len)
         self._seq_ids = itertools.count()
         self._requests: dict[str, list[Sequence]] = {}
+        self.last_step: SchedulerOutput | None = None  # what the latest step ran, for stats and tests
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "LLMEngine":
@@ -130,6 +131,7 @@ class LLMEngine:
 
     def step(self) -> list[SequenceDelta]:
         out = self.scheduler.schedule()
+        self.last_step = out
         if not out.chunks:
             return []
         sampled = self.runner.run(out)
