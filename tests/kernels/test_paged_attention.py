@@ -21,10 +21,12 @@ except ImportError as e:
 
 INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
-needs_triton = pytest.mark.skipif(
-    _TRITON_ERROR is not None or (DEVICE == "cpu" and not INTERPRET),
-    reason=f"Triton unavailable ({_TRITON_ERROR}) or no CUDA without TRITON_INTERPRET=1",
+_SKIP_TRITON = (
+    f"triton unavailable: {_TRITON_ERROR}"
+    if _TRITON_ERROR is not None
+    else ("TRITON_INTERPRET=0 needs CUDA" if DEVICE == "cpu" and not INTERPRET else None)
 )
+needs_triton = pytest.mark.skipif(_SKIP_TRITON is not None, reason=str(_SKIP_TRITON))
 
 NUM_LAYERS = 2
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
