@@ -13,6 +13,16 @@ _PREFILL_ROWS = 64  # (query token, head) rows per prefill program
 
 
 @triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # Triton's interpreter multiplies the raw bits of bf16 operands in tl.dot (triton#11584).
+    # Products of bf16 values are exact in fp32, so upcasting there changes nothing but that.
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
 def _attend(
     q,  # (BLOCK_M, BLOCK_D), query rows that share one kv head
     q_pos,  # (BLOCK_M,) position in the sequence of each row's query
@@ -31,6 +41,7 @@ def _attend(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     """Online-softmax attention of q over a sequence's paged keys; returns (BLOCK_M, BLOCK_D) fp32."""
     d = tl.arange(0, BLOCK_D)
@@ -53,14 +64,14 @@ def _attend(
         v = tl.load(
             v_ptr + page[:, None] * stride_vp + slot[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0
         )  # (BLOCK_N, BLOCK_D)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        s = _dot(q, tl.trans(k), None, DOT_PRECISION, UPCAST) * qk_scale  # (BLOCK_M, BLOCK_N)
         visible = (k_pos[None, :] <= q_pos[:, None]) & k_valid[None, :]
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])  # (BLOCK_M, BLOCK_N)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        acc = _dot(p.to(v.dtype), v, acc * alpha[:, None], DOT_PRECISION, UPCAST)
         m_i = m_new
     return acc / l_i[:, None]
 
@@ -92,6 +103,7 @@ def _paged_attention_decode_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # One program per (sequence, kv head): its GROUP query heads are the rows, so each key tile is
     # loaded once for the whole group.
@@ -108,7 +120,7 @@ def _paged_attention_decode_kernel(
         q, q_pos, ctx, block_tables_ptr + seq.to(tl.int64) * stride_bt,
         k_cache_ptr + kv_head * stride_kh, v_cache_ptr + kv_head * stride_vh,
         stride_kp, stride_ks, stride_vp, stride_vs, head_dim, qk_scale,
-        PAGE_SIZE, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION,
+        PAGE_SIZE, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION, UPCAST,
     )  # (BLOCK_M, BLOCK_D)
     out = out_ptr + seq * stride_ob + head[:, None] * stride_oh + d[None, :]
     tl.store(out, o.to(out_ptr.dtype.element_ty), mask=mask)
@@ -143,6 +155,7 @@ def _paged_attention_prefill_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # One program per (tile of BLOCK_Q query tokens, sequence, kv head); rows are (token, head of
     # the group) pairs, so GQA heads share each key tile as in decode.
@@ -170,7 +183,7 @@ def _paged_attention_prefill_kernel(
         q, q_pos, kv_end, block_tables_ptr + seq.to(tl.int64) * stride_bt,
         k_cache_ptr + kv_head * stride_kh, v_cache_ptr + kv_head * stride_vh,
         stride_kp, stride_ks, stride_vp, stride_vs, head_dim, qk_scale,
-        PAGE_SIZE, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION,
+        PAGE_SIZE, BLOCK_M, BLOCK_N, BLOCK_D, DOT_PRECISION, UPCAST,
     )  # (BLOCK_M, BLOCK_D)
     out = out_ptr + token[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
     tl.store(out, o.to(out_ptr.dtype.element_ty), mask=mask)
@@ -188,11 +201,15 @@ def _check_inputs(q, k_cache, v_cache, block_tables, context_lens, num_seqs: int
     assert H % kvh == 0, f"{H} query heads do not split over {kvh} kv heads"
     assert block_tables.dim() == 2 and block_tables.shape[0] == num_seqs and block_tables.is_contiguous()
     assert block_tables.dtype == torch.int32 and context_lens.dtype == torch.int32
-    assert context_lens.shape == (num_seqs,)
+    assert context_lens.shape == (num_seqs,) and context_lens.is_contiguous()
     devices = {t.device for t in (q, k_cache, v_cache, block_tables, context_lens)}
     assert len(devices) == 1, f"inputs on several devices: {devices}"
-    assert q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1", "needs CUDA tensors (or TRITON_INTERPRET=1)"
+    assert q.is_cuda or _interpreting(), "needs CUDA tensors (or TRITON_INTERPRET=1)"
     return H // kvh
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -208,8 +225,8 @@ def paged_attention_decode_fwd(
     context_lens: torch.Tensor,  # (B,) int32, keys visible to each query (its own included)
     scale: float,
 ) -> torch.Tensor:  # (B, H, hd)
+    group = _check_inputs(q, k_cache, v_cache, block_tables, context_lens, q.shape[0])
     B, H, hd = q.shape
-    group = _check_inputs(q, k_cache, v_cache, block_tables, context_lens, B)
     kvh = k_cache.shape[2]
     out = torch.empty_like(q)  # (B, H, hd)
     if B == 0:
@@ -229,6 +246,7 @@ def paged_attention_decode_fwd(
         BLOCK_N=_BLOCK_N,
         BLOCK_D=max(_MIN_DOT, triton.next_power_of_2(hd)),
         DOT_PRECISION=_dot_precision(q.dtype),
+        UPCAST=_interpreting(),
     )
     return out
 
@@ -242,10 +260,10 @@ def paged_attention_prefill_fwd(
     context_lens: torch.Tensor,  # (S,) int32; sequence i's queries sit at the last q_len_i positions
     scale: float,
 ) -> torch.Tensor:  # (Tq, H, hd)
-    Tq, H, hd = q.shape
     S = block_tables.shape[0]
     group = _check_inputs(q, k_cache, v_cache, block_tables, context_lens, S)
-    assert cu_seqlens_q.shape == (S + 1,) and cu_seqlens_q.dtype == torch.int32
+    Tq, H, hd = q.shape
+    assert cu_seqlens_q.shape == (S + 1,) and cu_seqlens_q.dtype == torch.int32 and cu_seqlens_q.is_contiguous()
     assert cu_seqlens_q.device == q.device
     kvh = k_cache.shape[2]
     out = torch.empty_like(q)  # (Tq, H, hd)
@@ -271,5 +289,6 @@ def paged_attention_prefill_fwd(
         BLOCK_N=_BLOCK_N,
         BLOCK_D=max(_MIN_DOT, triton.next_power_of_2(hd)),
         DOT_PRECISION=_dot_precision(q.dtype),
+        UPCAST=_interpreting(),
     )
     return out
