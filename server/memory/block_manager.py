@@ -17,7 +17,7 @@ class BlockManager:
         return max(0, blocks_for(num_tokens, self.block_size) - len(block_table))
 
     def can_grow(self, block_table: list[int], num_tokens: int) -> bool:
-        return self.blocks_needed(block_table, num_tokens) <= self.pool.num_free
+        return self.blocks_needed(block_table, num_tokens) <= self.pool.num_available()
 
     def grow(self, block_table: list[int], num_tokens: int) -> None:
         """Extend block_table in place so it holds num_tokens."""

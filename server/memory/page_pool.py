@@ -2,6 +2,7 @@
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 KV = "kv"
 ADAPTER = "adapter"
@@ -19,6 +20,14 @@ class PoolStats:
     adapter: int
 
 
+class Reclaimer(Protocol):
+    """Something holding pages it can give back on demand (idle adapters)."""
+
+    def reclaimable(self) -> int: ...
+
+    def evict_idle(self, pages_wanted: int) -> int: ...
+
+
 class PagePool:
     """Fixed-size pages of one preallocated buffer; KV blocks and adapter weights both draw from here."""
 
@@ -29,12 +38,19 @@ class PagePool:
         self._free: deque[int] = deque(range(num_pages))
         self._owner: dict[int, str] = {}
         self._used = {KV: 0, ADAPTER: 0}
+        self.reclaimer: Reclaimer | None = None
 
     @property
     def num_free(self) -> int:
         return len(self._free)
 
+    def num_available(self) -> int:
+        """Free pages plus those idle adapters would give back."""
+        return len(self._free) + (self.reclaimer.reclaimable() if self.reclaimer else 0)
+
     def allocate(self, n: int, owner: str) -> list[int]:
+        if n > len(self._free) and self.reclaimer is not None:
+            self.reclaimer.evict_idle(n - len(self._free))
         if n > len(self._free):
             raise OutOfPages(f"asked for {n} pages, {len(self._free)} free")
         pages = [self._free.popleft() for _ in range(n)]

@@ -1,0 +1,122 @@
+"""Adapter weights in the unified pool: packing into pages, LRU residency, pins. No torch here.
+
+An adapter's tensors (A and B of each targeted module of each layer) are packed into whole pages
+so that no tensor crosses a page boundary: every tensor is then one contiguous run of the pool,
+which kernels read through its offset. Adapters used by a running sequence are pinned and never
+evicted; idle ones are evicted least-recently-used when KV blocks or other adapters need pages.
+"""
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from server.memory.page_pool import ADAPTER, PagePool
+
+TensorKey = tuple[int, str, str]  # (layer, module, "a" | "b")
+
+
+@dataclass(slots=True)
+class Placement:
+    pages: list[int]  # pool page ids, in order
+    offsets: dict[TensorKey, int]  # flat element offset of each tensor in the pool
+
+
+@dataclass(slots=True)
+class ResidencyStats:
+    resident: int = 0
+    pages: int = 0
+    loads: int = 0
+    evictions: int = 0
+    hits: int = 0
+
+
+def pack(sizes: dict[TensorKey, int], page_elems: int) -> tuple[int, dict[TensorKey, tuple[int, int]]]:
+    """First-fit decreasing: (pages needed, key -> (page index, offset in page)). Sizes in elements."""
+    free: list[int] = []  # room left in each page
+    where: dict[TensorKey, tuple[int, int]] = {}
+    for key, n in sorted(sizes.items(), key=lambda kv: -kv[1]):
+        if n > page_elems:
+            raise ValueError(f"tensor {key} of {n} elements does not fit a page of {page_elems}")
+        page = next((i for i, room in enumerate(free) if room >= n), None)
+        if page is None:
+            free.append(page_elems)
+            page = len(free) - 1
+        where[key] = (page, page_elems - free[page])
+        free[page] -= n
+    return len(free), where
+
+
+@dataclass(slots=True)
+class _Resident:
+    placement: Placement
+    pins: int = 0
+
+
+class AdapterPages:
+    def __init__(self, pool: PagePool, page_elems: int):
+        self.pool = pool
+        self.page_elems = page_elems
+        self._resident: OrderedDict[int, _Resident] = OrderedDict()  # adapter id -> placement, LRU first
+        self.stats = ResidencyStats()
+        pool.reclaimer = self
+
+    def is_resident(self, adapter_id: int) -> bool:
+        return adapter_id in self._resident
+
+    def placement(self, adapter_id: int) -> Placement:
+        return self._resident[adapter_id].placement
+
+    def reclaimable(self) -> int:
+        return sum(len(r.placement.pages) for r in self._resident.values() if r.pins == 0)
+
+    def evict_idle(self, pages_wanted: int) -> int:
+        """Evict idle adapters, least recently used first, until pages_wanted are freed; pages freed."""
+        freed = 0
+        for adapter_id in [a for a, r in self._resident.items() if r.pins == 0]:
+            if freed >= pages_wanted:
+                break
+            res = self._resident.pop(adapter_id)
+            self.pool.free(res.placement.pages)
+            freed += len(res.placement.pages)
+            self.stats.evictions += 1
+        self._sync_stats()
+        return freed
+
+    def acquire(self, adapter_id: int, sizes: dict[TensorKey, int]) -> tuple[Placement, bool] | None:
+        """Pin an adapter, placing it if needed: (placement, newly placed) or None when no room now."""
+        res = self._resident.get(adapter_id)
+        if res is not None:
+            self._resident.move_to_end(adapter_id)
+            res.pins += 1
+            self.stats.hits += 1
+            return res.placement, False
+        n_pages, where = pack(sizes, self.page_elems)
+        if n_pages > self.pool.num_free + self.reclaimable():
+            return None
+        pages = self.pool.allocate(n_pages, ADAPTER)  # evicts idle adapters through the reclaimer
+        offsets = {k: pages[p] * self.page_elems + off for k, (p, off) in where.items()}
+        placement = Placement(pages, offsets)
+        self._resident[adapter_id] = _Resident(placement, pins=1)
+        self.stats.loads += 1
+        self._sync_stats()
+        return placement, True
+
+    def release(self, adapter_id: int) -> None:
+        res = self._resident[adapter_id]
+        assert res.pins > 0, f"adapter {adapter_id} released more often than acquired"
+        res.pins -= 1
+
+    def drop(self, adapter_id: int) -> bool:
+        """Free an idle adapter's pages now (unload); False if it is pinned."""
+        res = self._resident.get(adapter_id)
+        if res is None:
+            return True
+        if res.pins:
+            return False
+        del self._resident[adapter_id]
+        self.pool.free(res.placement.pages)
+        self._sync_stats()
+        return True
+
+    def _sync_stats(self) -> None:
+        self.stats.resident = len(self._resident)
+        self.stats.pages = sum(len(r.placement.pages) for r in self._resident.values())
