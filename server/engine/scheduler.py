@@ -8,9 +8,20 @@ of the queue to be recomputed later. Requests are never dropped or duplicated.
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from server.engine.sequence import SeqStatus, Sequence
+from server.engine.sequence import NO_ADAPTER, SeqStatus, Sequence
 from server.memory.block_manager import BlockManager
+
+
+class AdapterAdmission(Protocol):
+    """Pins an adapter in the pool for a sequence that joins the batch."""
+
+    def acquire(self, adapter_id: int) -> bool:
+        """True: resident and pinned; False: no room now. ValueError: it can never load."""
+        ...
+
+    def release(self, adapter_id: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -40,6 +51,7 @@ class SchedulerOutput:
     prefills: list[ScheduledChunk] = field(default_factory=list)  # chunks of more than one token
     decodes: list[ScheduledChunk] = field(default_factory=list)  # one token each
     preempted: list[Sequence] = field(default_factory=list)  # freed this step, back in the queue
+    failed: list[tuple[Sequence, str]] = field(default_factory=list)  # finished with an error (adapter load)
 
     @property
     def chunks(self) -> list[ScheduledChunk]:
@@ -51,9 +63,10 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, blocks: BlockManager):
+    def __init__(self, config: SchedulerConfig, blocks: BlockManager, adapters: AdapterAdmission | None = None):
         self.config = config
         self.blocks = blocks
+        self.adapters = adapters
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -87,7 +100,15 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             n = min(seq.num_tokens - seq.num_computed, budget)
+            try:
+                if not self._acquire_adapter(seq):
+                    break
+            except ValueError as e:  # this adapter cannot load: fail its request only
+                self.finish(seq, "error")
+                out.failed.append((seq, str(e)))
+                continue
             if not self.blocks.can_grow(seq.block_table, seq.num_computed + n):
+                self._release_adapter(seq)
                 break
             self.waiting.popleft()
             seq.status = SeqStatus.RUNNING
@@ -101,8 +122,16 @@ class Scheduler:
         chunk = ScheduledChunk(seq, seq.num_computed, n)
         (out.decodes if n == 1 else out.prefills).append(chunk)
 
+    def _acquire_adapter(self, seq: Sequence) -> bool:
+        return seq.adapter_id == NO_ADAPTER or self.adapters is None or self.adapters.acquire(seq.adapter_id)
+
+    def _release_adapter(self, seq: Sequence) -> None:
+        if seq.adapter_id != NO_ADAPTER and self.adapters is not None:
+            self.adapters.release(seq.adapter_id)
+
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        self._release_adapter(seq)
         self.blocks.release(seq.block_table)
         seq.num_computed = 0
         seq.num_preemptions += 1
@@ -119,6 +148,7 @@ class Scheduler:
         """Leave the batch (finished or aborted); its pages go back to the pool at once."""
         if seq.status is SeqStatus.RUNNING:
             self.running.remove(seq)
+            self._release_adapter(seq)
         elif seq.status is SeqStatus.WAITING:
             self.waiting.remove(seq)
         self.blocks.release(seq.block_table)

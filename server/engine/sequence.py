@@ -6,6 +6,9 @@ from enum import Enum
 from server.engine.sampling_params import SamplingParams
 
 
+NO_ADAPTER = -1  # the adapter id of base-only sequences
+
+
 class SeqStatus(Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -20,12 +23,14 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float  # monotonic seconds
+    adapter_id: int = NO_ADAPTER
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     block_table: list[int] = field(default_factory=list)  # KV page ids
     status: SeqStatus = SeqStatus.WAITING
     num_preemptions: int = 0
     finish_reason: str | None = None
+    first_scheduled: float | None = None  # monotonic seconds of its first scheduled chunk
 
     @property
     def num_tokens(self) -> int:

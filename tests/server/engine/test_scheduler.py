@@ -114,3 +114,76 @@ def test_abort_frees_pages_at_once():
     assert pool.num_free < pool.num_pages
     sched.finish(s, "abort")
     assert pool.num_free == pool.num_pages and not sched.has_work()
+
+
+class PoolAdapters:
+    """AdapterAdmission over the real page bookkeeping; adapter 13 can never load."""
+
+    def __init__(self, pool, page_elems=64):
+        from server.memory.adapter_pages import AdapterPages
+
+        self.pages = AdapterPages(pool, page_elems)
+        self.in_use: dict[int, int] = {}
+
+    def acquire(self, adapter_id):
+        if adapter_id == 13:
+            raise ValueError("adapter 13: adapter_model.safetensors is missing")
+        sizes = {(layer, "q_proj", ab): 32 for layer in range(adapter_id % 3 + 1) for ab in "ab"}  # 1-3 pages
+        if self.pages.acquire(adapter_id, sizes) is None:
+            return False
+        self.in_use[adapter_id] = self.in_use.get(adapter_id, 0) + 1
+        return True
+
+    def release(self, adapter_id):
+        self.in_use[adapter_id] -= 1
+        self.pages.release(adapter_id)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_adapters_and_kv_share_the_pool_without_loss_or_deadlock(seed):
+    rng = random.Random(seed)
+    pool = PagePool(16)
+    adapters = PoolAdapters(pool)
+    sched = Scheduler(SchedulerConfig(6, 24), BlockManager(pool, 4), adapters)
+    evicted_in_use = []
+    real_evict = adapters.pages.evict_idle
+
+    def watching_evict(n):
+        resident_before = {a for a in range(40) if adapters.pages.is_resident(a)}
+        freed = real_evict(n)
+        gone = {a for a in resident_before if not adapters.pages.is_resident(a)}
+        evicted_in_use.extend(a for a in gone if adapters.in_use.get(a))
+        return freed
+
+    adapters.pages.evict_idle = watching_evict
+    seqs = []
+    for i in range(40):
+        s = seq(i, rng.randint(1, 10), rng.randint(1, 12))
+        s.adapter_id = rng.choice([-1, 13, *range(20)])
+        seqs.append(s)
+    arrivals: dict[int, list[Sequence]] = {}
+    for s in seqs:
+        arrivals.setdefault(rng.randint(0, 20), []).append(s)
+    failed: list[Sequence] = []
+    finished: list[Sequence] = []
+    step = 0
+    while sched.has_work() or arrivals:
+        for s in arrivals.pop(step, []):
+            sched.add(s)
+        out = sched.schedule()
+        failed += [s for s, _ in out.failed]
+        sched.advance(out)
+        for c in out.chunks:
+            if c.samples:
+                c.seq.output_ids.append(7)
+                if len(c.seq.output_ids) == c.seq.params.max_tokens:
+                    sched.finish(c.seq, "length")
+                    finished.append(c.seq)
+        step += 1
+        assert step < 5000, "no progress"
+    assert sorted(s.seq_id for s in finished + failed) == list(range(40))
+    assert {s.adapter_id for s in failed} <= {13} and all(s.finish_reason == "error" for s in failed)
+    assert evicted_in_use == []
+    assert adapters.pages.stats.evictions > 0
+    assert all(v == 0 for v in adapters.in_use.values())
+    assert pool.stats().kv == 0

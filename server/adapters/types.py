@@ -1,0 +1,46 @@
+"""Adapter handles and weights: what the registry hands the pool and the model runner."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from server.engine.sequence import NO_ADAPTER
+
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BASE_ID = NO_ADAPTER  # the reserved id of "no adapter" (base-only rows)
+
+
+class AdapterError(ValueError):
+    """An adapter cannot be used; the message names the adapter and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterRef:
+    """Immutable handle of a registered adapter (metadata only; weights load on first use)."""
+
+    id: int  # unique for the process lifetime, never reused
+    name: str
+    path: Path  # the adapter directory (adapter_config.json + adapter_model.safetensors)
+    rank: int  # r
+    alpha: float  # lora_alpha
+    use_rslora: bool
+    target_modules: tuple[str, ...]  # subset of MODULES, in MODULES order
+    layers: tuple[int, ...]  # decoder layers it touches (all, unless layers_to_transform)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / (self.rank**0.5 if self.use_rslora else self.rank)
+
+
+@dataclass(slots=True)
+class AdapterWeights:
+    """Dense LoRA factors in PEFT layout, keyed by (layer, module)."""
+
+    ref: AdapterRef
+    a: dict[tuple[int, str], torch.Tensor]  # (r, in_features)
+    b: dict[tuple[int, str], torch.Tensor]  # (out_features, r)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.a.values(), *self.b.values()))
