@@ -39,6 +39,8 @@ class EngineConfig:
     max_num_seqs: int = 64  # sequences in one step
     max_batch_tokens: int = 2048  # tokens in one step (prefill chunks + decodes)
     max_model_len: int | None = None  # None = the model's max_position_embeddings
+    max_lora_rank: int = 64  # adapters of higher rank are refused at registration
+    adapter_cache_mb: int = 1024  # host-memory budget for adapter weights read from disk
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     cache_dir: Path | None = None  # converted-weights cache; None = default_cache_dir()
 
@@ -53,6 +55,8 @@ class EngineConfig:
             raise ValueError("block_size must be a power of two")
         if self.max_num_seqs < 1 or self.max_batch_tokens < 1:
             raise ValueError("max_num_seqs and max_batch_tokens must be positive")
+        if self.max_lora_rank < 1 or self.adapter_cache_mb < 0:
+            raise ValueError("max_lora_rank must be positive and adapter_cache_mb non-negative")
         self.dtype = resolve_dtype(self.dtype, self.device)
         if self.cache_dir is None:
             self.cache_dir = default_cache_dir()

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
+from server.adapters.host_cache import HostCache
+from server.adapters.manager import AdapterManager
+from server.adapters.registry import AdapterRegistry
 from server.config import EngineConfig
 from server.engine.model_runner import ModelRunner
 from server.engine.output_processor import OutputProcessor
 from server.engine.outputs import SequenceDelta
 from server.engine.sampling_params import SamplingParams
 from server.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from server.engine.sequence import SeqStatus, Sequence
+from server.engine.sequence import NO_ADAPTER, SeqStatus, Sequence
+from server.memory.adapter_pages import AdapterPages, pack
 from server.memory.block_manager import BlockManager, blocks_for
 from server.memory.device_pool import DevicePool
 from server.model.llama import LlamaForCausalLM, head_dim
@@ -54,11 +58,19 @@ class LLMEngine:
             n_pages, mc.num_hidden_layers, config.block_size, mc.num_key_value_heads, head_dim(mc), dtype,
             config.device,
         )
+        self.registry = AdapterRegistry(
+            mc, config.max_lora_rank, HostCache(mc, config.adapter_cache_mb * 2**20, dtype)
+        )
+        self.adapters = AdapterManager(
+            self.registry, AdapterPages(self.pool.book, self.pool.page_elems), self.pool.pages.view(-1),
+            mc.num_hidden_layers,
+        )
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_batch_tokens),
             BlockManager(self.pool.book, config.block_size),
+            self.adapters,
         )
-        self.runner = ModelRunner(model, self.pool)
+        self.runner = ModelRunner(model, self.pool, self.adapters)
         self.outputs = OutputProcessor(self.tokenizer, _eos_ids(checkpoint), self.max_model_len)
         self._seq_ids = itertools.count()
         self._requests: dict[str, list[Sequence]] = {}
@@ -94,15 +106,24 @@ class LLMEngine:
         if n >= self.max_model_len:
             raise ValueError(f"the prompt has {n} tokens; this model's context is {self.max_model_len}")
         need = blocks_for(min(n + req.params.max_tokens, self.max_model_len), self.config.block_size)
+        if req.adapter is not None:
+            ref = self.adapters.resolve(req.adapter)  # KeyError: no such adapter
+            need += pack(self.adapters.sizes(ref), self.pool.page_elems)[0]
         if need > self.pool.book.num_pages:
-            raise ValueError(f"prompt + max_tokens need {need} KV pages; the pool has {self.pool.book.num_pages}")
+            raise ValueError(f"prompt + max_tokens (+ adapter) need {need} pool pages; the pool has "
+                             f"{self.pool.book.num_pages}")
 
     def add_request(self, req: EngineRequest) -> None:
         self.check_request(req)
         now = time.monotonic()
+        adapter_id = NO_ADAPTER
+        if req.adapter is not None:
+            ref = self.adapters.resolve(req.adapter)
+            self.adapters.hold(ref, req.params.n)
+            adapter_id = ref.id
         seqs = []
         for i in range(req.params.n):
-            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now)
+            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, adapter_id)
             if req.params.seed is not None:
                 self.runner.generators[seq.seq_id] = torch.Generator().manual_seed(req.params.seed + i)
             self.outputs.add(seq)
@@ -113,16 +134,18 @@ class LLMEngine:
     def abort(self, request_id: str) -> list[SequenceDelta]:
         deltas = []
         for seq in self._requests.get(request_id, []):
-            if seq.status is not SeqStatus.FINISHED:
+            if seq.status is not SeqStatus.FINISHED:  # finished ones were forgotten as they finished
                 self.scheduler.finish(seq, "abort")
                 deltas.append(self.outputs.delta(seq, "abort"))
-            self._forget(seq)
+                self._forget(seq)
         self._requests.pop(request_id, None)
         return deltas
 
     def _forget(self, seq: Sequence) -> None:
         self.outputs.drop(seq)
         self.runner.generators.pop(seq.seq_id, None)
+        if seq.adapter_id != NO_ADAPTER:
+            self.adapters.unhold(seq.adapter_id)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()
@@ -132,11 +155,18 @@ class LLMEngine:
     def step(self) -> list[SequenceDelta]:
         out = self.scheduler.schedule()
         self.last_step = out
+        failed = [self.outputs.delta(seq, "error", error=msg) for seq, msg in out.failed]
+        for seq, _ in out.failed:
+            self._finish(seq)
         if not out.chunks:
-            return []
+            return failed
+        now = time.monotonic()
+        for chunk in out.chunks:
+            if chunk.seq.first_scheduled is None:
+                chunk.seq.first_scheduled = now
         sampled = self.runner.run(out)
         self.scheduler.advance(out)
-        deltas = []
+        deltas = failed
         for s in sampled:
             seq = s.chunk.seq
             reason = self.outputs.append(seq, s.token_id, s.logprob)

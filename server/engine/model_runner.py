@@ -4,12 +4,16 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.lora_batch import LoRABatchInfo
+from server.adapters.manager import AdapterManager
 from server.engine.outputs import TokenLogprob
 from server.engine.sampler import SampleRow, sample
 from server.engine.scheduler import ScheduledChunk, SchedulerOutput
+from server.engine.sequence import NO_ADAPTER
 from server.memory.device_pool import DevicePool
 from server.model.batch import AttentionBatch
 from server.model.llama import LlamaForCausalLM
+from server.model.lora import LoRAStep, add_lora
 
 
 @dataclass(slots=True)
@@ -26,9 +30,11 @@ def _tables(chunks: list[ScheduledChunk], device) -> torch.Tensor:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, pool: DevicePool, seed: int = 0):
+    def __init__(self, model: LlamaForCausalLM, pool: DevicePool, adapters: AdapterManager | None = None, seed: int = 0):
         self.model = model
         self.pool = pool
+        self.adapters = adapters
+        self.lora = add_lora(model)
         self.kv_cache = pool.kv_cache()
         self.device = pool.pages.device
         self.block_size = pool.block_size
@@ -67,9 +73,29 @@ class ModelRunner:
         pos = torch.tensor(positions, dtype=torch.int64, device=dev)  # (T,)
         return input_ids, pos, batch
 
+    def lora_step(self, out: SchedulerOutput) -> LoRAStep | None:
+        """Slots for the distinct adapters of this step, in order of first appearance; None if base-only."""
+        slot_of: dict[int, int] = {}
+        row_slots: list[int] = []
+        for chunk in out.chunks:
+            aid = chunk.seq.adapter_id
+            slot = -1 if aid == NO_ADAPTER else slot_of.setdefault(aid, len(slot_of))
+            row_slots += [slot] * chunk.num_tokens
+        if not slot_of:
+            return None
+        refs = [self.adapters.ref(a) for a in slot_of]
+        info = LoRABatchInfo.from_row_slots(row_slots, [r.rank for r in refs], [r.scaling for r in refs], self.device)
+        offsets = [self.adapters.offsets(a) for a in slot_of]
+        a = torch.stack([o[0] for o in offsets]).to(self.device)  # (slots, L, M)
+        b = torch.stack([o[1] for o in offsets]).to(self.device)
+        return LoRAStep(info, a, b)
+
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> list[Sampled]:
         input_ids, positions, batch = self.build(out)
+        # the model may be shared between engines: point its LoRA layers at this engine's pool and step
+        self.lora.pool_flat = self.pool.pages.view(-1)
+        self.lora.step = self.lora_step(out) if self.adapters is not None else None
         sampling = [c for c in out.chunks if c.samples]
         logits = self.model(input_ids, positions, batch, self.kv_cache)  # (S, V)
         if not sampling:

@@ -1,0 +1,110 @@
+"""Adapters between the registry (host/disk) and the unified pool: pages them in for the scheduler."""
+
+import logging
+import time
+
+import torch
+
+from server.adapters.registry import AdapterRegistry
+from server.adapters.shapes import module_shapes
+from server.adapters.types import MODULES, AdapterError, AdapterRef
+from server.memory.adapter_pages import AdapterPages, TensorKey
+
+log = logging.getLogger(__name__)
+
+
+class AdapterManager:
+    """The scheduler's AdapterAdmission: acquire pins an adapter in the pool, copying it in when cold."""
+
+    def __init__(self, registry: AdapterRegistry, pages: AdapterPages, pool_flat: torch.Tensor, num_layers: int):
+        self.registry = registry
+        self.pages = pages
+        self.pool_flat = pool_flat  # (N,)
+        self.num_layers = num_layers
+        self.shapes = module_shapes(registry.base_config)
+        self._refs: dict[int, AdapterRef] = {}  # adapters of accepted requests (outlive an unregister)
+        self._users: dict[int, int] = {}  # adapter id -> unfinished sequences
+        self._offsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (A, B) offsets (L, M)
+        self.load_seconds: list[float] = []  # cold loads (host/disk -> pool), drained by metrics
+
+    # request lifetime
+
+    def resolve(self, name: str) -> AdapterRef:
+        try:
+            return self.registry.get(name)
+        except KeyError:
+            raise KeyError(f"the model {name!r} does not exist") from None
+
+    def hold(self, ref: AdapterRef, n: int = 1) -> None:
+        self._refs[ref.id] = ref
+        self._users[ref.id] = self._users.get(ref.id, 0) + n
+
+    def unhold(self, adapter_id: int) -> None:
+        self._users[adapter_id] -= 1
+        if self._users[adapter_id] == 0:
+            del self._users[adapter_id]
+            if not self._registered(adapter_id):  # unloaded while in use: free it now
+                self.pages.drop(adapter_id)
+                self._refs.pop(adapter_id, None)
+
+    def _registered(self, adapter_id: int) -> bool:
+        try:
+            self.registry.by_id(adapter_id)
+        except KeyError:
+            return False
+        return True
+
+    def in_use(self, adapter_id: int) -> bool:
+        return adapter_id in self._users
+
+    # AdapterAdmission
+
+    def sizes(self, ref: AdapterRef) -> dict[TensorKey, int]:
+        out: dict[TensorKey, int] = {}
+        for layer in ref.layers:
+            for m in ref.target_modules:
+                d_in, d_out = self.shapes[m]
+                out[(layer, m, "a")] = ref.rank * d_in
+                out[(layer, m, "b")] = d_out * ref.rank
+        return out
+
+    def acquire(self, adapter_id: int) -> bool:
+        ref = self._refs[adapter_id]
+        got = self.pages.acquire(adapter_id, self.sizes(ref))
+        if got is None:
+            return False
+        placement, new = got
+        if new:
+            t0 = time.perf_counter()
+            try:
+                weights = self.registry.weights(ref)
+            except AdapterError:
+                self.pages.release(adapter_id)
+                self.pages.drop(adapter_id)
+                raise
+            flat = self.pool_flat
+            for (layer, m), a in weights.a.items():
+                off = placement.offsets[(layer, m, "a")]
+                flat[off : off + a.numel()].copy_(a.reshape(-1))
+            for (layer, m), b in weights.b.items():
+                off = placement.offsets[(layer, m, "b")]
+                flat[off : off + b.numel()].copy_(b.reshape(-1))
+            a_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
+            b_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
+            for (layer, m, ab), off in placement.offsets.items():
+                (a_off if ab == "a" else b_off)[layer, MODULES.index(m)] = off
+            self._offsets[adapter_id] = (a_off, b_off)
+            self.load_seconds.append(time.perf_counter() - t0)
+        return True
+
+    def release(self, adapter_id: int) -> None:
+        self.pages.release(adapter_id)
+
+    # for the runner
+
+    def ref(self, adapter_id: int) -> AdapterRef:
+        return self._refs[adapter_id]
+
+    def offsets(self, adapter_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A offsets, B offsets), each (L, M) int64, -1 where the adapter does not reach."""
+        return self._offsets[adapter_id]
