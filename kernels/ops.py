@@ -35,3 +35,34 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
 
         return paged_attention_prefill_fwd(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
     return torch_ops.paged_attention_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
+
+
+def lora_shrink(x, pool, a_offsets, info):
+    if _use_triton(x):
+        from kernels.triton.lora_shrink import bgmv_shrink_fwd, sgmv_shrink_fwd
+
+        shrink = bgmv_shrink_fwd if info.decode_only else sgmv_shrink_fwd
+        return shrink(x, pool, a_offsets, info)
+    from kernels.torch.lora import lora_shrink as shrink_twin
+
+    return shrink_twin(x, pool, a_offsets, info)
+
+
+def lora_expand(y, out, pool, b_offsets, info) -> None:
+    if _use_triton(y):
+        from kernels.triton.lora_expand import bgmv_expand_fwd, sgmv_expand_fwd
+
+        expand = bgmv_expand_fwd if info.decode_only else sgmv_expand_fwd
+        return expand(y, out, pool, b_offsets, info)
+    from kernels.torch.lora import lora_expand as expand_twin
+
+    return expand_twin(y, out, pool, b_offsets, info)
+
+
+def lora_apply(x, out, pool, a_offsets, b_offsets, info) -> None:
+    """out (T, out) += the LoRA delta of every row of x (T, in), whatever adapter each row has."""
+    if _use_triton(x):
+        return lora_expand(lora_shrink(x, pool, a_offsets, info), out, pool, b_offsets, info)
+    from kernels.torch.lora import lora_apply as apply_twin  # fuses shrink and expand per adapter
+
+    return apply_twin(x, out, pool, a_offsets, b_offsets, info)

@@ -29,10 +29,9 @@ def paged_attention_decode(
     v = v_cache[table].flatten(1, 2)[:, :max_len].transpose(1, 2)  # (B, kvh, L, hd)
     pos = torch.arange(max_len, device=q.device)
     mask = (pos[None, :] < context_lens[:, None].to(q.device))[:, None, None, :]  # (B, 1, 1, L)
-    out = F.scaled_dot_product_attention(
-        q[:, :, None, :], k, v, attn_mask=mask, scale=scale, enable_gqa=kvh != H
-    )  # (B, H, 1, hd)
-    return out[:, :, 0]
+    # a kv head's query heads become its query rows: no K/V repeat for GQA
+    out = F.scaled_dot_product_attention(q.view(B, kvh, H // kvh, hd), k, v, attn_mask=mask, scale=scale)
+    return out.reshape(B, H, hd)
 
 
 def paged_attention_prefill(
