@@ -73,6 +73,7 @@ class OutputProcessor:
             num_prompt_tokens=len(seq.prompt_ids),
             num_output_tokens=len(seq.output_ids),
             error=error,
+            queue_s=None if seq.first_scheduled is None else seq.first_scheduled - seq.arrival,
         )
 
     def full_text(self, seq: Sequence) -> str:

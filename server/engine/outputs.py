@@ -23,3 +23,4 @@ class SequenceDelta:
     num_prompt_tokens: int
     num_output_tokens: int  # total so far
     error: str | None = None  # set with finish_reason == "error"
+    queue_s: float | None = None  # seconds from arrival to its first scheduled chunk (None: not yet)

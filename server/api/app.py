@@ -1,0 +1,69 @@
+"""The FastAPI app around an AsyncEngine.
+
+The caller owns the engine thread (start it before serving, shut it down after): an app's lifespan
+may run more than once (test clients do), and a thread cannot be started twice.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+
+from server.api.auth import ApiKeyAuth
+from server.api.context import ServerContext
+from server.api.errors import install_error_handlers
+from server.api.inputs import Limits
+from server.api.limits import BodySizeLimit
+from server.api.metrics import Metrics
+from server.api.models import ModelResolver
+from server.api.routes_openai import openai_routes
+from server.api.routes_ops import ops_routes
+from server.api.settings import ServerSettings
+from server.api.state import ServerState
+from server.api.status_counter import StatusCounter
+from server.engine.async_engine import AsyncEngine
+
+log = logging.getLogger(__name__)
+
+
+def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
+    llm = engine.engine
+    state = ServerState(settings.max_queue, settings.retry_after_s)
+    metrics = Metrics(llm.pool.book.stats, state)
+    ctx = ServerContext(
+        engine=engine,
+        settings=settings,
+        state=state,
+        metrics=metrics,
+        models=ModelResolver(settings.served_model_name or llm.model_name),
+        limits=Limits(llm.max_model_len, settings.max_tokens_cap),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        state.ready()
+        log.info("serving %s", ctx.models.base_name)
+        yield
+
+    # outermost first: count every request, answer CORS preflights, then check the key, then the body size
+    middleware = [Middleware(StatusCounter, metrics=metrics)]
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["*"],
+            )
+        )
+    if settings.api_key:
+        middleware.append(Middleware(ApiKeyAuth, api_key=settings.api_key))
+    middleware.append(Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes))
+
+    app = FastAPI(title="loraplex", version="0.1.0", lifespan=lifespan, middleware=middleware)
+    app.state.loraplex = ctx
+    install_error_handlers(app)
+    app.include_router(ops_routes(ctx))
+    app.include_router(openai_routes(ctx))
+    return app

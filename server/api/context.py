@@ -1,0 +1,20 @@
+"""What every route needs, built once per app."""
+
+from dataclasses import dataclass
+
+from server.api.inputs import Limits
+from server.api.metrics import Metrics
+from server.api.models import ModelResolver
+from server.api.settings import ServerSettings
+from server.api.state import ServerState
+from server.engine.async_engine import AsyncEngine
+
+
+@dataclass(slots=True)
+class ServerContext:
+    engine: AsyncEngine
+    settings: ServerSettings
+    state: ServerState
+    metrics: Metrics
+    models: ModelResolver
+    limits: Limits

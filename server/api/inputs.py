@@ -1,0 +1,129 @@
+"""From a validated OpenAI request to engine requests: prompt tokens, sampling parameters, limits."""
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from server.api.errors import BadRequest
+from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from server.engine.llm_engine import EngineRequest
+from server.engine.sampling_params import SamplingParams
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the cap
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_model_len: int  # context: prompt + output tokens
+    max_tokens_cap: int  # largest max_tokens a request may ask for
+
+
+def completion_requests(
+    body: CompletionRequest, tokenizer: PreTrainedTokenizerBase, limits: Limits, request_id: str,
+    adapter: str | None,
+) -> list[EngineRequest]:
+    """One engine request per prompt; choice i*n+j of the response is sequence j of prompt i."""
+    _refuse_unsupported(body)
+    if body.echo:
+        raise BadRequest("echo is not supported", param="echo")
+    if body.suffix:
+        raise BadRequest("suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise BadRequest("best_of other than n is not supported", param="best_of")
+    prompts = _prompt_ids(body.prompt, tokenizer)
+    return [
+        EngineRequest(
+            f"{request_id}-{i}", ids,
+            _sampling(body, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, len(ids), limits, body.logprobs, "prompt"),
+            adapter,
+        )
+        for i, ids in enumerate(prompts)
+    ]
+
+
+def chat_request(
+    body: ChatCompletionRequest, tokenizer: PreTrainedTokenizerBase, limits: Limits, request_id: str,
+    adapter: str | None,
+) -> EngineRequest:
+    _refuse_unsupported(body)
+    if body.tools:
+        raise BadRequest("tools are not supported", param="tools")
+    if body.tool_choice not in (None, "none"):
+        raise BadRequest("tool_choice is not supported", param="tool_choice")
+    if body.response_format and body.response_format.get("type", "text") != "text":
+        raise BadRequest("only response_format {'type': 'text'} is supported", param="response_format")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    ids = chat_prompt_ids(body, tokenizer)
+    asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    params = _sampling(body, asked, limits.max_tokens_cap, len(ids), limits, logprobs, "messages")
+    return EngineRequest(f"{request_id}-0", ids, params, adapter)
+
+
+def chat_prompt_ids(body: ChatCompletionRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as e:  # the template is the model's code run on the client's messages: its errors are theirs
+        raise BadRequest(f"the chat template refused these messages: {e}", param="messages") from e
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _prompt_ids(prompt: str | list[str] | list[int] | list[list[int]], tokenizer) -> list[list[int]]:
+    if isinstance(prompt, str):
+        return [tokenizer(prompt)["input_ids"]]
+    if isinstance(prompt[0], str):
+        return [tokenizer(p)["input_ids"] for p in prompt]
+    if isinstance(prompt[0], int):
+        return [list(prompt)]
+    return [list(p) for p in prompt]
+
+
+def _refuse_unsupported(body: SamplingRequest) -> None:
+    for name in ("presence_penalty", "frequency_penalty"):
+        if getattr(body, name) != 0:
+            raise BadRequest(f"{name} is not supported", param=name)
+    if body.logit_bias:
+        raise BadRequest("logit_bias is not supported", param="logit_bias")
+
+
+def _sampling(
+    body: SamplingRequest, asked: int | None, default: int, prompt_len: int, limits: Limits,
+    logprobs: int | None, prompt_param: str,
+) -> SamplingParams:
+    room = limits.max_model_len - prompt_len
+    if room <= 0:
+        raise BadRequest(
+            f"the prompt has {prompt_len} tokens; this model's context is {limits.max_model_len}",
+            param=prompt_param, code="context_length_exceeded",
+        )
+    if asked is None:
+        max_tokens = min(default, limits.max_tokens_cap, room)
+    elif asked > limits.max_tokens_cap:
+        raise BadRequest(
+            f"max_tokens is {asked}; this server allows at most {limits.max_tokens_cap}", param="max_tokens"
+        )
+    elif asked > room:
+        raise BadRequest(
+            f"this model's context is {limits.max_model_len} tokens; the prompt has {prompt_len} "
+            f"and max_tokens asks for {asked} more",
+            param="max_tokens", code="context_length_exceeded",
+        )
+    else:
+        max_tokens = asked
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    try:
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=max(0, body.top_k or 0),
+            seed=body.seed,
+            n=body.n,
+            stop=stop,
+            ignore_eos=body.ignore_eos,
+            logprobs=logprobs,
+        )
+    except ValueError as e:
+        raise BadRequest(str(e)) from e

@@ -1,0 +1,141 @@
+"""/v1/completions, /v1/chat/completions and /v1/models."""
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from fastapi import APIRouter, Request, Response
+
+from server.api.context import ServerContext
+from server.api.errors import BadRequest, InternalError, error_body
+from server.api.generation import ClientGone, Generation, unless_disconnected
+from server.api.inputs import chat_request, completion_requests
+from server.api.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelInfo,
+    ModelList,
+    Usage,
+)
+from server.api.render import ChatRenderer, ChoiceState, CompletionRenderer
+from server.api.request_stats import RequestStats
+from server.api.sse import DONE, SSEResponse, sse
+from server.engine.llm_engine import EngineRequest
+
+log = logging.getLogger(__name__)
+
+Renderer = CompletionRenderer | ChatRenderer
+_ERRORS = {
+    code: {"description": text, "content": {"application/json": {}}}
+    for code, text in [
+        (400, "bad parameters, prompt too long"), (401, "bad API key"), (404, "unknown model"),
+        (413, "body too large"), (429, "queue full (Retry-After)"), (503, "starting or draining (Retry-After)"),
+    ]
+}
+_STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE chunks when stream is true"}}
+
+
+def openai_routes(ctx: ServerContext) -> APIRouter:
+    router = APIRouter(prefix="/v1", responses=_ERRORS)
+    tokenizer = ctx.engine.engine.tokenizer
+
+    @router.get("/models", response_model=ModelList)
+    async def list_models() -> ModelList:
+        return ModelList(
+            data=[
+                ModelInfo(id=c.id, created=c.created, root=c.id, parent=c.parent, loraplex_kind=c.kind)
+                for c in ctx.models.cards()
+            ]
+        )
+
+    @router.post("/completions", response_model=CompletionResponse, responses=_STREAMED)
+    async def completions(body: CompletionRequest, request: Request):
+        adapter, _router = ctx.models.resolve(body.model)  # a router picks the adapter here once routers land
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        reqs = completion_requests(body, tokenizer, ctx.limits, rid, adapter)
+        renderer = CompletionRenderer(
+            rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs is not None
+        )
+        return await _serve(ctx, request, reqs, renderer, body.stream, adapter)
+
+    @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_STREAMED)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        adapter, _router = ctx.models.resolve(body.model)
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        req = chat_request(body, tokenizer, ctx.limits, rid, adapter)
+        renderer = ChatRenderer(rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs)
+        return await _serve(ctx, request, [req], renderer, body.stream, adapter)
+
+    return router
+
+
+async def _serve(
+    ctx: ServerContext, request: Request, reqs: list[EngineRequest], renderer: Renderer, stream: bool,
+    adapter: str | None,
+):
+    for r in reqs:
+        try:
+            ctx.engine.engine.check_request(r)  # now, while a 400 can still be sent
+        except ValueError as e:
+            raise BadRequest(str(e)) from e
+    ticket = ctx.state.admit()
+    stats = RequestStats(ctx.metrics, adapter or ctx.models.base_name, sum(len(r.prompt_ids) for r in reqs))
+    gen = Generation(ctx.engine, reqs, ticket, stats)
+    if stream:
+        return SSEResponse(_events(gen, renderer), on_close=gen.close)
+    try:
+        choices = await unless_disconnected(_collect(gen), request.receive)
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it; the status is for the access log and metrics
+    finally:
+        await gen.close()
+    return renderer.response(choices, _usage(stats))
+
+
+async def _collect(gen: Generation) -> dict[int, ChoiceState]:
+    choices = {i: ChoiceState() for i in range(gen.num_choices)}
+    try:
+        async with aclosing(gen.deltas()) as deltas:
+            async for choice, d in deltas:
+                if d.finish_reason == "error":
+                    raise InternalError(f"generation failed: {d.error}")
+                choices[choice].add(d)
+    except ValueError as e:  # the engine thread's own check refused it: something changed since ours
+        raise BadRequest(str(e)) from e
+    return choices
+
+
+async def _events(gen: Generation, renderer: Renderer) -> AsyncIterator[str]:
+    if isinstance(renderer, ChatRenderer):
+        for chunk in renderer.opening(gen.num_choices):
+            yield chunk
+    try:
+        async with aclosing(gen.deltas()) as deltas:
+            async for choice, d in deltas:
+                if d.finish_reason == "error":
+                    yield sse(error_body(f"generation failed: {d.error}", InternalError.type))
+                    yield DONE
+                    return
+                for chunk in renderer.chunks(choice, d):
+                    yield chunk
+    except ValueError as e:
+        yield sse(error_body(str(e), BadRequest.type))
+        yield DONE
+        return
+    except Exception:
+        log.exception("stream %s failed", renderer.request_id)
+        yield sse(error_body("internal server error", InternalError.type))
+        yield DONE
+        return
+    if renderer.include_usage:
+        yield renderer.usage_chunk(renderer.OBJECT, _usage(gen.stats))
+    yield DONE
+
+
+def _usage(stats: RequestStats) -> Usage:
+    done = stats.completion_tokens
+    return Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=done, total_tokens=stats.prompt_tokens + done)

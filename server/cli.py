@@ -1,0 +1,154 @@
+"""`loraplex serve`: every flag also readable from env LORAPLEX_<FLAG> (repeatable flags: comma-separated)."""
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from server.api.settings import LOG_LEVELS, ServerSettings
+from server.config import EngineConfig
+
+log = logging.getLogger("loraplex")
+
+
+class _Flags:
+    """Adds flags whose default comes from the environment; the env name is in each --help line."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+        self.repeated: dict[str, list[str]] = {}  # dest -> values from the environment
+
+    def add(self, flag: str, help: str, *, repeat: bool = False, **kw) -> None:
+        env = "LORAPLEX_" + flag.lstrip("-").replace("-", "_").upper()
+        raw = os.environ.get(env)
+        if repeat:
+            kw["action"] = "append"
+            dest = flag.lstrip("-").replace("-", "_")
+            self.repeated[dest] = [v.strip() for v in (raw or "").split(",") if v.strip()]
+            help += f" (repeatable; env {env}, comma-separated)"
+            self.parser.add_argument(flag, default=None, help=help, **kw)
+            return
+        if raw is not None:
+            kw["default"] = raw  # argparse runs string defaults through type=
+        help += f" (env {env})"
+        if kw.get("default") is not None:
+            help += " [default: %(default)s]"
+        self.parser.add_argument(flag, help=help, **kw)
+
+    def finish(self, args: argparse.Namespace) -> None:
+        for dest, from_env in self.repeated.items():
+            if getattr(args, dest) is None:
+                setattr(args, dest, from_env)
+
+
+def _serve_parser(sub) -> _Flags:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
+    f = _Flags(p)
+    f.add("--model", "HF model directory or .gguf file; default: the embedded SmolLM2-135M-Instruct", metavar="PATH")
+    f.add("--served-model-name", "name of the base model in the API (default: derived from the model)", metavar="NAME")
+    f.add("--adapter", "register a PEFT adapter directory under NAME (not served yet)", repeat=True,
+          metavar="NAME=PATH")
+    f.add("--adapter-dir", "register every subfolder holding adapter_config.json (not served yet)", repeat=True,
+          metavar="DIR")
+    f.add("--allowed-adapter-root", "where run-time adapter loads may read from (not served yet)", repeat=True,
+          metavar="DIR")
+    f.add("--router", "expose a task router under model name NAME, e.g. auto=arrow (not served yet)", repeat=True,
+          metavar="NAME=KIND")
+    f.add("--host", "address to bind", default="127.0.0.1", metavar="ADDR")
+    f.add("--port", "port to bind", type=int, default=8000, metavar="PORT")
+    f.add("--dtype", "compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32",
+          choices=["auto", "bfloat16", "float32"], default="auto")
+    f.add("--device", "compute device; auto = cuda when available, else cpu", choices=["auto", "cpu", "cuda"],
+          default="auto")
+    f.add("--pool-mb", "unified memory pool (KV pages + adapter pages), MiB", type=int, default=512, metavar="MIB")
+    f.add("--max-num-seqs", "most sequences in one engine step", type=int, default=64, metavar="N")
+    f.add("--max-batch-tokens", "most tokens in one engine step (prefill chunks + decodes)", type=int, default=2048,
+          metavar="N")
+    f.add("--max-model-len", "context length, prompt + output (default: the model's)", type=int, metavar="N")
+    f.add("--num-threads", "torch CPU threads (default: torch's choice)", type=int, metavar="N")
+    f.add("--api-key", "require `Authorization: Bearer KEY` on /v1/*", metavar="KEY")
+    f.add("--max-queue", "requests waiting for their first token before new ones get 429", type=int, default=256,
+          metavar="N")
+    f.add("--max-body-bytes", "largest request body; bigger ones get 413", type=int, default=1 << 20, metavar="BYTES")
+    f.add("--max-tokens-cap", "largest max_tokens a request may ask for; also chat's default", type=int,
+          default=4096, metavar="N")
+    f.add("--drain-timeout", "seconds SIGTERM waits for in-flight requests before exiting", type=float,
+          default=30.0, metavar="SECONDS")
+    f.add("--cors-origin", "allow this browser origin (CORS is off unless given)", repeat=True, metavar="ORIGIN")
+    f.add("--log-level", "log level", choices=list(LOG_LEVELS), default="info")
+    return f
+
+
+def _pairs(values: list[str], flag: str, parser: argparse.ArgumentParser) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if not sep or not name or not rest:
+            parser.error(f"{flag} wants NAME=VALUE, got {v!r}")
+        out[name] = rest
+    return out
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("server.engine.llm_engine").setLevel(logging.INFO)  # scripts wait for its "engine ready" line
+    try:
+        settings = ServerSettings(
+            host=args.host, port=args.port, served_model_name=args.served_model_name, api_key=args.api_key,
+            max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
+            drain_timeout=args.drain_timeout, cors_origins=args.cors_origin, log_level=args.log_level,
+            adapters=_pairs(args.adapter, "--adapter", parser), adapter_dirs=args.adapter_dir,
+            allowed_adapter_roots=args.allowed_adapter_root, routers=_pairs(args.router, "--router", parser),
+        )
+        config = EngineConfig(
+            model=args.model, dtype=args.dtype, device=_device(args.device), pool_mb=args.pool_mb,
+            max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens, max_model_len=args.max_model_len,
+            num_threads=args.num_threads,
+        )
+    except ValueError as e:
+        parser.error(str(e))
+    for flag, value in [("--adapter", settings.adapters), ("--adapter-dir", settings.adapter_dirs),
+                        ("--allowed-adapter-root", settings.allowed_adapter_roots), ("--router", settings.routers)]:
+        if value:
+            log.warning("%s is stored but not implemented yet: adapters and routers are not served", flag)
+
+    from server.api import build_app
+    from server.api.serve import serve as run
+    from server.engine.async_engine import AsyncEngine
+    from server.engine.llm_engine import LLMEngine
+
+    engine = AsyncEngine(LLMEngine.from_config(config))  # logs "engine ready"
+    engine.start()
+    try:
+        run(build_app(engine, settings), settings.log_level)
+    finally:
+        engine.shutdown()
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], None]]:
+    """The parser, and what to call on its result to fill repeatable flags from the environment."""
+    parser = argparse.ArgumentParser(prog="loraplex", description="LoRA-multiplexing LLM server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    flags = _serve_parser(sub)
+    return parser, flags.finish
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, finish = build_parser()
+    args = parser.parse_args(argv)
+    finish(args)
+    return serve(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
