@@ -92,6 +92,9 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> list[Sampled]:
+        # rows of one adapter side by side: each adapter's rows are one run for the LoRA kernels
+        out.prefills.sort(key=lambda c: c.seq.adapter_id)
+        out.decodes.sort(key=lambda c: c.seq.adapter_id)
         input_ids, positions, batch = self.build(out)
         # the model may be shared between engines: point its LoRA layers at this engine's pool and step
         self.lora.pool_flat = self.pool.pages.view(-1)
