@@ -47,11 +47,11 @@ def _serve_parser(sub) -> _Flags:
     f = _Flags(p)
     f.add("--model", "HF model directory or .gguf file; default: the embedded SmolLM2-135M-Instruct", metavar="PATH")
     f.add("--served-model-name", "name of the base model in the API (default: derived from the model)", metavar="NAME")
-    f.add("--adapter", "register a PEFT adapter directory under NAME (not served yet)", repeat=True,
+    f.add("--adapter", "register a PEFT adapter directory under NAME", repeat=True,
           metavar="NAME=PATH")
-    f.add("--adapter-dir", "register every subfolder holding adapter_config.json (not served yet)", repeat=True,
+    f.add("--adapter-dir", "register every subfolder holding adapter_config.json, named by folder", repeat=True,
           metavar="DIR")
-    f.add("--allowed-adapter-root", "where run-time adapter loads may read from (not served yet)", repeat=True,
+    f.add("--allowed-adapter-root", "where /v1/load_lora_adapter may read from (symlinks and .. resolved)", repeat=True,
           metavar="DIR")
     f.add("--router", "expose a task router under model name NAME, e.g. auto=arrow (not served yet)", repeat=True,
           metavar="NAME=KIND")
@@ -66,6 +66,9 @@ def _serve_parser(sub) -> _Flags:
     f.add("--max-batch-tokens", "most tokens in one engine step (prefill chunks + decodes)", type=int, default=2048,
           metavar="N")
     f.add("--max-model-len", "context length, prompt + output (default: the model's)", type=int, metavar="N")
+    f.add("--max-lora-rank", "adapters of higher rank are refused", type=int, default=64, metavar="R")
+    f.add("--adapter-cache-mb", "host-memory budget for adapter weights read from disk, MiB", type=int,
+          default=1024, metavar="MIB")
     f.add("--num-threads", "torch CPU threads (default: torch's choice)", type=int, metavar="N")
     f.add("--api-key", "require `Authorization: Bearer KEY` on /v1/*", metavar="KEY")
     f.add("--max-queue", "requests waiting for their first token before new ones get 429", type=int, default=256,
@@ -98,6 +101,15 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def register_adapters(registry, adapters: dict[str, str], adapter_dirs: list[str]) -> None:
+    """--adapter NAME=PATH must all be valid; --adapter-dir serves its good folders and logs the bad ones."""
+    for name, path in adapters.items():
+        registry.register(name, path)
+    for d in adapter_dirs:
+        refs = registry.register_dir(d, skip_invalid=True)
+        log.info("registered %d adapters from %s", len(refs), d)
+
+
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("server.engine.llm_engine").setLevel(logging.INFO)  # scripts wait for its "engine ready" line
@@ -112,21 +124,25 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         config = EngineConfig(
             model=args.model, dtype=args.dtype, device=_device(args.device), pool_mb=args.pool_mb,
             max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens, max_model_len=args.max_model_len,
-            num_threads=args.num_threads,
+            num_threads=args.num_threads, max_lora_rank=args.max_lora_rank, adapter_cache_mb=args.adapter_cache_mb,
         )
     except ValueError as e:
         parser.error(str(e))
-    for flag, value in [("--adapter", settings.adapters), ("--adapter-dir", settings.adapter_dirs),
-                        ("--allowed-adapter-root", settings.allowed_adapter_roots), ("--router", settings.routers)]:
-        if value:
-            log.warning("%s is stored but not implemented yet: adapters and routers are not served", flag)
+    if settings.routers:
+        log.warning("--router is stored but not implemented yet: routers are not served")
 
+    from server.adapters.types import AdapterError
     from server.api import build_app
     from server.api.serve import serve as run
     from server.engine.async_engine import AsyncEngine
     from server.engine.llm_engine import LLMEngine
 
-    engine = AsyncEngine(LLMEngine.from_config(config))  # logs "engine ready"
+    llm = LLMEngine.from_config(config)  # logs "engine ready"
+    try:
+        register_adapters(llm.registry, settings.adapters, settings.adapter_dirs)
+    except AdapterError as e:
+        parser.error(str(e))
+    engine = AsyncEngine(llm)
     engine.start()
     try:
         run(build_app(engine, settings), settings.log_level)

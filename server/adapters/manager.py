@@ -2,6 +2,7 @@
 
 import logging
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -25,7 +26,7 @@ class AdapterManager:
         self._refs: dict[int, AdapterRef] = {}  # adapters of accepted requests (outlive an unregister)
         self._users: dict[int, int] = {}  # adapter id -> unfinished sequences
         self._offsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (A, B) offsets (L, M)
-        self.load_seconds: list[float] = []  # cold loads (host/disk -> pool), drained by metrics
+        self.on_load: Callable[[float], None] | None = None  # told each cold load's seconds (host/disk -> pool)
 
     # request lifetime
 
@@ -94,7 +95,8 @@ class AdapterManager:
             for (layer, m, ab), off in placement.offsets.items():
                 (a_off if ab == "a" else b_off)[layer, MODULES.index(m)] = off
             self._offsets[adapter_id] = (a_off, b_off)
-            self.load_seconds.append(time.perf_counter() - t0)
+            if self.on_load is not None:
+                self.on_load(time.perf_counter() - t0)
         return True
 
     def release(self, adapter_id: int) -> None:

@@ -19,6 +19,7 @@ from server.api.inputs import Limits
 from server.api.limits import BodySizeLimit
 from server.api.metrics import Metrics
 from server.api.models import ModelResolver
+from server.api.routes_adapters import adapter_routes
 from server.api.routes_openai import openai_routes
 from server.api.routes_ops import ops_routes
 from server.api.settings import ServerSettings
@@ -32,13 +33,16 @@ log = logging.getLogger(__name__)
 def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     llm = engine.engine
     state = ServerState(settings.max_queue, settings.retry_after_s)
-    metrics = Metrics(llm.pool.book.stats, state)
+    metrics = Metrics(llm.pool.book.stats, state, adapter_stats=lambda: llm.adapters.pages.stats)
+    llm.adapters.on_load = metrics.adapter_load_time.observe
     ctx = ServerContext(
         engine=engine,
         settings=settings,
         state=state,
         metrics=metrics,
-        models=ModelResolver(settings.served_model_name or llm.model_name),
+        models=ModelResolver(
+            settings.served_model_name or llm.model_name, llm.registry, settings.routers, llm.adapters.pages.is_resident
+        ),
         limits=Limits(llm.max_model_len, settings.max_tokens_cap),
     )
 
@@ -66,4 +70,5 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops_routes(ctx))
     app.include_router(openai_routes(ctx))
+    app.include_router(adapter_routes(ctx))
     return app

@@ -8,11 +8,12 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from server.api.state import ServerState
+from server.memory.adapter_pages import ResidencyStats
 from server.memory.page_pool import PoolStats
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
@@ -51,9 +52,11 @@ class TopLabels:
 
 
 class _ScrapeTime(Collector):
-    def __init__(self, pool_stats: Callable[[], PoolStats], state: ServerState):
+    def __init__(self, pool_stats: Callable[[], PoolStats], state: ServerState,
+                 adapter_stats: Callable[[], ResidencyStats] | None):
         self.pool_stats = pool_stats
         self.state = state
+        self.adapter_stats = adapter_stats or ResidencyStats
 
     def describe(self) -> list:
         return []  # read only at scrape time: the engine may not exist yet when this registers
@@ -69,6 +72,11 @@ class _ScrapeTime(Collector):
         yield GaugeMetricFamily(
             "loraplex_requests_running", "Admitted requests that have produced a token", value=self.state.running
         )
+        a = self.adapter_stats()
+        yield GaugeMetricFamily("loraplex_adapters_resident", "Adapters with pages in the pool", value=a.resident)
+        yield CounterMetricFamily("loraplex_adapter_loads", "Adapter loads into the pool", value=a.loads)
+        yield CounterMetricFamily("loraplex_adapter_evictions", "Adapters evicted from the pool", value=a.evictions)
+        yield CounterMetricFamily("loraplex_adapter_hits", "Admissions that found the adapter resident", value=a.hits)
         yield GaugeMetricFamily(
             "loraplex_requests_waiting", "Admitted requests waiting for their first token (at most --max-queue)",
             value=self.state.waiting,
@@ -76,7 +84,8 @@ class _ScrapeTime(Collector):
 
 
 class Metrics:
-    def __init__(self, pool_stats: Callable[[], PoolStats], state: ServerState, adapter_labels: int = 20):
+    def __init__(self, pool_stats: Callable[[], PoolStats], state: ServerState, adapter_labels: int = 20,
+                 adapter_stats: Callable[[], ResidencyStats] | None = None):
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "loraplex_requests", "HTTP requests to /v1 by route and status code (499: the client went away)",
@@ -109,15 +118,11 @@ class Metrics:
             ["adapter"], registry=r,
         )
         self.adapter_labels = TopLabels(adapter_labels, self._drop_adapter_series)
-        # Moved by the adapter registry and pool residency code.
-        self.adapters_resident = Gauge("loraplex_adapters_resident", "Adapters with pages in the pool", registry=r)
-        self.adapter_loads = Counter("loraplex_adapter_loads", "Adapter loads into the pool", registry=r)
-        self.adapter_evictions = Counter("loraplex_adapter_evictions", "Adapters evicted from the pool", registry=r)
         self.adapter_load_time = Histogram(
             "loraplex_adapter_load_seconds", "Time to bring an adapter into the pool", buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        r.register(_ScrapeTime(pool_stats, state))
+        r.register(_ScrapeTime(pool_stats, state, adapter_stats))
 
     def _drop_adapter_series(self, name: str) -> None:
         for family in (self.adapter_requests, self.adapter_generation_tokens):

@@ -160,8 +160,22 @@ class ModelInfo(BaseModel):
     root: str
     parent: str | None = None
     loraplex_kind: str  # "base" | "adapter" | "router"
+    rank: int | None = None  # adapters: LoRA rank
+    target_modules: list[str] | None = None  # adapters: the projections they change
+    resident: bool | None = None  # adapters: weights in the pool now (else on host or disk)
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelInfo]
+
+
+class LoadLoRAAdapterRequest(BaseModel):
+    """vLLM's body for /v1/load_lora_adapter."""
+
+    lora_name: str
+    lora_path: str
+
+
+class UnloadLoRAAdapterRequest(BaseModel):
+    lora_name: str

@@ -47,7 +47,10 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
     async def list_models() -> ModelList:
         return ModelList(
             data=[
-                ModelInfo(id=c.id, created=c.created, root=c.id, parent=c.parent, loraplex_kind=c.kind)
+                ModelInfo(
+                    id=c.id, created=c.created, root=c.id, parent=c.parent, loraplex_kind=c.kind, rank=c.rank,
+                    target_modules=list(c.target_modules) if c.target_modules else None, resident=c.resident,
+                )
                 for c in ctx.models.cards()
             ]
         )

@@ -18,7 +18,6 @@ class ServerSettings:
     cors_origins: list[str] = field(default_factory=list)  # empty = no CORS headers at all
     retry_after_s: int = 1  # Retry-After sent with 429 and 503
     log_level: str = "info"
-    # Stored for the adapter and router work; not served yet.
     adapters: dict[str, str] = field(default_factory=dict)  # NAME -> PEFT directory
     adapter_dirs: list[str] = field(default_factory=list)
     allowed_adapter_roots: list[str] = field(default_factory=list)

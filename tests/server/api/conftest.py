@@ -2,13 +2,25 @@
 
 import pytest
 
-from tests.server.api.harness import start_server, stop_server, wait_until
+from tests.server.api.harness import REPO, start_server, stop_server, wait_until
+
+
+DEMO_ADAPTERS = REPO / "server" / "adapters" / "demo" / "adapters"
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """The main server: default limits, room for 32 concurrent sequences."""
-    s = start_server(tmp_path_factory.mktemp("main"), "--max-num-seqs", "32")
+def adapter_root(tmp_path_factory):
+    """The one directory run-time adapter loads may read from."""
+    return tmp_path_factory.mktemp("allowed")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, adapter_root):
+    """The main server: default limits, room for 32 concurrent sequences, the demo adapters."""
+    s = start_server(
+        tmp_path_factory.mktemp("main"), "--max-num-seqs", "32", "--adapter-dir", str(DEMO_ADAPTERS),
+        "--allowed-adapter-root", str(adapter_root),
+    )
     yield s
     stop_server(s)
 
