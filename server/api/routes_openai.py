@@ -99,13 +99,20 @@ async def _serve(
     return renderer.response(choices, _usage(stats))
 
 
+def _engine_error(d) -> BadRequest | InternalError:
+    """A sequence the engine ended with an error: its adapter is broken (400), or our bug (500)."""
+    if d.error_code == "adapter_load_failed":
+        return BadRequest(d.error, "model", code="adapter_load_failed")
+    return InternalError(f"generation failed: {d.error}")
+
+
 async def _collect(gen: Generation) -> dict[int, ChoiceState]:
     choices = {i: ChoiceState() for i in range(gen.num_choices)}
     try:
         async with aclosing(gen.deltas()) as deltas:
             async for choice, d in deltas:
                 if d.finish_reason == "error":
-                    raise InternalError(f"generation failed: {d.error}")
+                    raise _engine_error(d)
                 choices[choice].add(d)
     except ValueError as e:  # the engine thread's own check refused it: something changed since ours
         raise BadRequest(str(e)) from e
@@ -120,7 +127,8 @@ async def _events(gen: Generation, renderer: Renderer) -> AsyncIterator[str]:
         async with aclosing(gen.deltas()) as deltas:
             async for choice, d in deltas:
                 if d.finish_reason == "error":
-                    yield sse(error_body(f"generation failed: {d.error}", InternalError.type))
+                    e = _engine_error(d)
+                    yield sse(error_body(e.message, e.type, e.param, e.code))
                     yield DONE
                     return
                 for chunk in renderer.chunks(choice, d):

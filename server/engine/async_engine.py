@@ -126,7 +126,12 @@ class AsyncEngine:
                     self._wake.wait(0.5)
                     self._wake.clear()
                     continue
-                self._deliver(self.engine.step())
+                try:
+                    deltas = self.engine.step()
+                except Exception as e:  # a bug hit this step: fail its requests, keep serving the rest
+                    log.exception("engine step failed")
+                    deltas = self.engine.fail_step(e)
+                self._deliver(deltas)
         except BaseException as e:  # a bug in the engine: fail every open stream instead of hanging it
             log.exception("engine loop died")
             self._error = e

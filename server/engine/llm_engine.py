@@ -155,7 +155,7 @@ class LLMEngine:
     def step(self) -> list[SequenceDelta]:
         out = self.scheduler.schedule()
         self.last_step = out
-        failed = [self.outputs.delta(seq, "error", error=msg) for seq, msg in out.failed]
+        failed = [self.outputs.delta(seq, "error", msg, "adapter_load_failed") for seq, msg in out.failed]
         for seq, _ in out.failed:
             self._finish(seq)
         if not out.chunks:
@@ -175,6 +175,19 @@ class LLMEngine:
             deltas.append(self.outputs.delta(seq, reason))
             if reason:
                 self._finish(seq)
+        return deltas
+
+    def fail_step(self, error: BaseException) -> list[SequenceDelta]:
+        """The last step raised: end the sequences it ran with an internal error; everyone else goes on."""
+        deltas = []
+        for chunk in self.last_step.chunks if self.last_step else []:
+            seq = chunk.seq
+            if seq.status is SeqStatus.FINISHED:
+                continue
+            self.scheduler.finish(seq, "error")
+            deltas.append(self.outputs.delta(seq, "error", f"internal error: {error!r}", "internal_error"))
+            self._finish(seq)
+        self.last_step = None
         return deltas
 
     def _finish(self, seq: Sequence) -> None:

@@ -52,7 +52,8 @@ class OutputProcessor:
             return "length"
         return None
 
-    def delta(self, seq: Sequence, finish_reason: str | None, error: str | None = None) -> SequenceDelta:
+    def delta(self, seq: Sequence, finish_reason: str | None, error: str | None = None,
+              error_code: str | None = None) -> SequenceDelta:
         """What seq produced since its last delta. While running, text that could begin a stop string is held."""
         st = self._texts[seq.seq_id]
         end = len(st.text)
@@ -73,6 +74,7 @@ class OutputProcessor:
             num_prompt_tokens=len(seq.prompt_ids),
             num_output_tokens=len(seq.output_ids),
             error=error,
+            error_code=error_code,
             queue_s=None if seq.first_scheduled is None else seq.first_scheduled - seq.arrival,
         )
 

@@ -23,4 +23,5 @@ class SequenceDelta:
     num_prompt_tokens: int
     num_output_tokens: int  # total so far
     error: str | None = None  # set with finish_reason == "error"
+    error_code: str | None = None  # "adapter_load_failed" (the request's adapter is broken) | "internal_error"
     queue_s: float | None = None  # seconds from arrival to its first scheduled chunk (None: not yet)

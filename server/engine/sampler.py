@@ -41,6 +41,8 @@ def sample(
             continue
         row_logits = _filter(logits[i] / p.temperature, p.top_k, p.top_p)
         probs = row_logits.softmax(-1)
+        if not torch.isfinite(probs).all():  # non-finite logits: fall back to the greedy choice
+            continue
         tokens[i] = int(torch.multinomial(probs, 1, generator=row.generator or default_generator))
     logprobs: list[TokenLogprob | None] = [None] * len(rows)
     wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]

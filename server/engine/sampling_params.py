@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass, field
 
+SAMPLING_EPS = 1e-5  # temperatures below this are greedy: dividing by them overflows float32
+
 
 @dataclass(slots=True)
 class SamplingParams:
@@ -34,4 +36,4 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0 or self.top_k == 1
+        return self.temperature < SAMPLING_EPS or self.top_k == 1

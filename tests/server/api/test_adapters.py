@@ -123,3 +123,19 @@ def test_bad_adapters_get_400_naming_the_problem(server, adapter_root, case):
     assert r.status_code == 400, r.text
     assert expect in r.json()["error"]["message"]
     assert server.client().completions.create(model="sentiment", prompt="Hi", max_tokens=2).choices[0].text is not None
+
+
+def test_unload_lets_running_requests_finish(server, adapter_root):
+    shutil.copytree(DEMO_ADAPTERS / "reverse", adapter_root / "busy")
+    assert post(server, "load_lora_adapter", {"lora_name": "busy", "lora_path": str(adapter_root / "busy")}).status_code == 200
+    client = server.client()
+    stream = client.completions.create(model="busy", prompt="Reverse: alpha beta gamma\nAnswer:", max_tokens=40,
+                                       stream=True, extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    first = next(chunks)
+    assert post(server, "unload_lora_adapter", {"lora_name": "busy"}).status_code == 200
+    rest = list(chunks)
+    assert [c.choices[0].finish_reason for c in rest if c.choices][-1] == "length"
+    assert first.choices[0].text is not None
+    r = httpx.post(f"{server.url}/v1/completions", json={"model": "busy", "prompt": "x"}, timeout=30)
+    assert r.status_code == 404

@@ -43,18 +43,22 @@ def test_families_exist_and_move_after_traffic(idle, checkpoint):
         model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=4, stream=True,
         extra_body={"ignore_eos": True},
     ))
+    client.completions.create(model="sentiment", prompt="Review: fine.\nSentiment:", max_tokens=3,
+                              extra_body={"ignore_eos": True})
     after = totals(server)
     assert set(FAMILIES) <= set(after)
     moved = {f: after[f] - before.get(f, 0.0) for f in FAMILIES}
-    assert moved["loraplex_requests_total"] == 2
-    assert moved["loraplex_generation_tokens_total"] == 10
-    assert moved["loraplex_adapter_generation_tokens_total"] == 10
-    assert moved["loraplex_adapter_requests_total"] == 2
+    assert moved["loraplex_requests_total"] == 3
+    assert moved["loraplex_generation_tokens_total"] == 13
+    assert moved["loraplex_adapter_generation_tokens_total"] == 13
+    assert moved["loraplex_adapter_requests_total"] == 3
     assert moved["loraplex_prompt_tokens_total"] > len(checkpoint.tokenizer(prompt)["input_ids"])
     for family in ["time_to_first_token", "time_per_output_token", "e2e_request_latency", "request_queue_time"]:
-        assert moved[f"loraplex_{family}_seconds_count"] == 2, family
+        assert moved[f"loraplex_{family}_seconds_count"] == 3, family
     labels = {dict(k[1]).get("adapter") for k in server.metrics() if k[0] == "loraplex_adapter_requests_total"}
-    assert labels == {MODEL}
+    assert {MODEL, "sentiment"} <= labels
+    assert after["loraplex_adapters_resident"] >= 1 and after["loraplex_adapter_loads_total"] >= 1
+    assert after["loraplex_adapter_load_seconds_count"] == after["loraplex_adapter_loads_total"]
     pages = {dict(k[1])["use"]: v for k, v in server.metrics().items() if k[0] == "loraplex_pool_pages"}
     assert set(pages) == {"kv", "adapter", "free"}
     assert sum(pages.values()) == after["loraplex_pool_pages_capacity"]

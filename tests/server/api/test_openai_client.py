@@ -178,4 +178,4 @@ def test_chat_logprobs(server):
 
 def test_models_lists_the_base(server):
     models = server.client().models.list()
-    assert [m.id for m in models.data] == [MODEL]
+    assert models.data[0].id == MODEL and models.data[0].model_dump()["loraplex_kind"] == "base"

@@ -38,3 +38,26 @@ def test_200_requests_over_100_adapters_with_eviction(tmp_path, make_engine, che
     assert host.evictions > 0 and host.bytes <= 24 * 2**20
     book = tight.pool.book.stats()
     assert book.kv == 0 and book.free + book.adapter == book.total
+
+
+def test_an_adapter_that_fails_to_load_fails_only_its_requests(tmp_path, make_engine, checkpoint):
+    paths = generate(tmp_path, checkpoint.config, 2, seed=2, ranks=(4,), dtype=torch.float32)
+    engine = make_engine()
+    for p in paths:
+        engine.registry.register(p.name, p)
+    (paths[1] / "adapter_model.safetensors").write_bytes(b"not a safetensors file")  # broken after registration
+    ids = checkpoint.tokenizer("Hello there")["input_ids"]
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    requests = [EngineRequest("good", ids, params, paths[0].name), EngineRequest("bad", ids, params, paths[1].name),
+                EngineRequest("base", ids, params)]
+    for r in requests:
+        engine.add_request(r)
+    finals = {}
+    while engine.has_work():
+        for d in engine.step():
+            if d.finish_reason:
+                finals[d.request_id] = d
+    assert finals["bad"].finish_reason == "error" and paths[1].name in finals["bad"].error
+    assert finals["good"].finish_reason == "length" and finals["good"].num_output_tokens == 3
+    assert finals["base"].finish_reason == "length"
+    assert engine.pool.book.stats().kv == 0

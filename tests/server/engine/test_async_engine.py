@@ -82,3 +82,27 @@ def test_bad_request_fails_only_itself(engine, checkpoint):
         return await collect(engine, EngineRequest("ok", tok("Hello")["input_ids"], SamplingParams(max_tokens=4)))
 
     assert len(asyncio.run(main())) == 4
+
+
+def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine, checkpoint, monkeypatch):
+    tok = checkpoint.tokenizer
+    real_run = engine.engine.runner.run
+    calls = {"n": 0}
+
+    def flaky(out):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return real_run(out)
+
+    monkeypatch.setattr(engine.engine.runner, "run", flaky)
+
+    async def main():
+        first = [d async for d in engine.generate(EngineRequest("f", tok("Hi")["input_ids"], SamplingParams(max_tokens=3)))]
+        second = await collect(engine, EngineRequest("s", tok("Hi")["input_ids"], SamplingParams(max_tokens=3)))
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first[-1].finish_reason == "error" and first[-1].error_code == "internal_error" and "boom" in first[-1].error
+    assert len(second) == 3
+    assert engine.engine.pool.book.stats().kv == 0

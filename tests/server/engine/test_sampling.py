@@ -101,3 +101,9 @@ def test_logprobs_are_the_models_log_softmax(make_engine, checkpoint, hf_fp32):
         torch.testing.assert_close(torch.tensor(lp.logprob), ref[j, ids[j]], atol=1e-3, rtol=0)
         top_ref = ref[j].topk(5)
         assert [t for t, _ in lp.top] == top_ref.indices.tolist()
+
+
+def test_tiny_temperature_is_greedy(make_engine, checkpoint):
+    prompt = checkpoint.tokenizer(PROMPT)["input_ids"]
+    greedy = make_engine().generate([prompt], SamplingParams(max_tokens=8, temperature=0))[0]
+    assert make_engine().generate([prompt], SamplingParams(max_tokens=8, temperature=1e-30, seed=1))[0] == greedy
