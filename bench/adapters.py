@@ -155,7 +155,8 @@ def main() -> None:
     results["cold_adapter"] = cold_load(engine, names, reqs0[0][0])
     print(json.dumps(results["cold_adapter"], indent=1))
     base = results["runs"]["no_lora"]["tokens_per_s"]
-    results["ratio_vs_no_lora"] = {k: v["tokens_per_s"] / base for k, v in results["runs"].items() if k.startswith("n=")}
+    runs = results["runs"]
+    results["ratio_vs_no_lora"] = {k: v["tokens_per_s"] / base for k, v in runs.items() if k.startswith("n=")}
     if peft_reqs is not None:
         results["ratio_vs_peft"] = (results["runs"][f"n={args.peft_n}"]["tokens_per_s"]
                                     / results["runs"][f"peft n={args.peft_n}"]["tokens_per_s"])

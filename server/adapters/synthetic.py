@@ -9,13 +9,13 @@ bandwidth, not random-number generation; every adapter still differs and B is no
 import argparse
 import json
 import math
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from server.adapters.adapter_config import CONFIG_FILE, WEIGHTS_FILE
 from server.adapters.shapes import module_shapes, num_layers, peft_key
@@ -29,8 +29,6 @@ TARGET_SETS = {
     "all": MODULES,
 }
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-ST_DTYPES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
-_INT = {2: torch.int16, 4: torch.int32}  # numpy has no bfloat16: write the bits
 BANK_SIZE = 1 << 22
 B_STD = 0.02
 
@@ -90,28 +88,13 @@ def make_bank(config, seed: int = 0, dtype: torch.dtype = torch.float16) -> Rand
     return RandomBank(seed, dtype, {fan_in for fan_in, _ in module_shapes(config).values()})
 
 
-def save_views(tensors: dict[str, torch.Tensor], file: Path) -> int:
-    """The safetensors layout (u64 header size, JSON header, raw bytes) written straight from the views:
-    safetensors' own save_file copies each tensor and refuses views that share one buffer."""
-    header, offset = {}, 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)  # the data must start 8-byte aligned
-    with open(file, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for t in tensors.values():
-            f.write(memoryview(t.view(_INT[t.element_size()]).numpy()))
-    return offset
-
-
 def write_adapter(path: Path, config, spec: SyntheticSpec, rng: np.random.Generator, bank: RandomBank,
                   layers: list[int] | None = None) -> int:
     """Writes one adapter folder; returns its weight bytes."""
     write_config(path, spec, layers)
-    return save_views(random_factors(config, spec, rng, bank, layers), path / WEIGHTS_FILE)
+    tensors = {k: t.clone() for k, t in random_factors(config, spec, rng, bank, layers).items()}  # own storage each
+    save_file(tensors, path / WEIGHTS_FILE)
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def spec_for(i: int, rng: np.random.Generator, ranks: list[int], targets: str) -> SyntheticSpec:

@@ -30,7 +30,9 @@ def _tables(chunks: list[ScheduledChunk], device) -> torch.Tensor:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaForCausalLM, pool: DevicePool, adapters: AdapterManager | None = None, seed: int = 0):
+    def __init__(
+        self, model: LlamaForCausalLM, pool: DevicePool, adapters: AdapterManager | None = None, seed: int = 0
+    ):
         self.model = model
         self.pool = pool
         self.adapters = adapters

@@ -5,7 +5,6 @@ from enum import Enum
 
 from server.engine.sampling_params import SamplingParams
 
-
 NO_ADAPTER = -1  # the adapter id of base-only sequences
 
 

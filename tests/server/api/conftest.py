@@ -4,7 +4,6 @@ import pytest
 
 from tests.server.api.harness import REPO, start_server, stop_server, wait_until
 
-
 DEMO_ADAPTERS = REPO / "server" / "adapters" / "demo" / "adapters"
 
 

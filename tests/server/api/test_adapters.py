@@ -47,7 +47,8 @@ def test_models_lists_adapters_with_rank_and_targets(server):
 
 
 def test_several_adapters_concurrently_equal_the_engine(server, direct, eval_rows):
-    jobs = [(task, row["prompt"]) for task in TASKS for row in eval_rows[task]] + [(MODEL, eval_rows["reverse"][0]["prompt"])]
+    jobs = [(task, row["prompt"]) for task in TASKS for row in eval_rows[task]]
+    jobs.append((MODEL, eval_rows["reverse"][0]["prompt"]))
 
     async def main():
         client = server.async_client()
@@ -127,7 +128,8 @@ def test_bad_adapters_get_400_naming_the_problem(server, adapter_root, case):
 
 def test_unload_lets_running_requests_finish(server, adapter_root):
     shutil.copytree(DEMO_ADAPTERS / "reverse", adapter_root / "busy")
-    assert post(server, "load_lora_adapter", {"lora_name": "busy", "lora_path": str(adapter_root / "busy")}).status_code == 200
+    r = post(server, "load_lora_adapter", {"lora_name": "busy", "lora_path": str(adapter_root / "busy")})
+    assert r.status_code == 200
     client = server.client()
     stream = client.completions.create(model="busy", prompt="Reverse: alpha beta gamma\nAnswer:", max_tokens=40,
                                        stream=True, extra_body={"ignore_eos": True})

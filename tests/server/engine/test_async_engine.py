@@ -47,7 +47,8 @@ def test_concurrent_streams_match_offline_generation(engine, make_engine, checkp
                 await asyncio.sleep(0)
 
         t = asyncio.create_task(ticker())
-        outs = await asyncio.gather(*(collect(engine, EngineRequest(f"r{i}", p, params)) for i, p in enumerate(prompts)))
+        jobs = [collect(engine, EngineRequest(f"r{i}", p, params)) for i, p in enumerate(prompts)]
+        outs = await asyncio.gather(*jobs)
         t.cancel()
         return outs, ticks
 
@@ -63,7 +64,8 @@ def test_leaving_a_stream_aborts_and_frees_pages(engine, checkpoint):
 
     async def main():
         received = 0
-        async for _ in engine.generate(EngineRequest("x", tok("Tell me a story")["input_ids"], SamplingParams(max_tokens=500))):
+        req = EngineRequest("x", tok("Tell me a story")["input_ids"], SamplingParams(max_tokens=500))
+        async for _ in engine.generate(req):
             received += 1
             if received == 3:
                 break
@@ -98,7 +100,8 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(engine, checkp
     monkeypatch.setattr(engine.engine.runner, "run", flaky)
 
     async def main():
-        first = [d async for d in engine.generate(EngineRequest("f", tok("Hi")["input_ids"], SamplingParams(max_tokens=3)))]
+        req = EngineRequest("f", tok("Hi")["input_ids"], SamplingParams(max_tokens=3))
+        first = [d async for d in engine.generate(req)]
         second = await collect(engine, EngineRequest("s", tok("Hi")["input_ids"], SamplingParams(max_tokens=3)))
         return first, second
 

@@ -45,8 +45,9 @@ def test_seeded_sampling_is_the_same_in_any_batch(make_engine, checkpoint):
 def test_greedy_equivalents_top_k_1_and_tiny_top_p(make_engine, checkpoint):
     prompt = checkpoint.tokenizer(PROMPT)["input_ids"]
     greedy = make_engine().generate([prompt], SamplingParams(max_tokens=12, temperature=0))[0]
-    assert make_engine().generate([prompt], SamplingParams(max_tokens=12, temperature=1.0, top_k=1, seed=3))[0] == greedy
-    assert make_engine().generate([prompt], SamplingParams(max_tokens=12, temperature=1.0, top_p=1e-6, seed=3))[0] == greedy
+    for params in (dict(top_k=1), dict(top_p=1e-6)):
+        sampled = SamplingParams(max_tokens=12, temperature=1.0, seed=3, **params)
+        assert make_engine().generate([prompt], sampled)[0] == greedy
 
 
 def test_stop_string_cuts_text_and_finishes(make_engine, checkpoint):
@@ -66,7 +67,8 @@ def test_stop_token_ids_max_tokens_and_eos(make_engine, checkpoint):
     prompt = tok("Count: 1, 2, 3, 4,")["input_ids"]
     engine = make_engine()
     free = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0))[0]
-    got = run(engine, [EngineRequest("t", prompt, SamplingParams(max_tokens=8, temperature=0, stop_token_ids=[free[3]]))])
+    stop_at = SamplingParams(max_tokens=8, temperature=0, stop_token_ids=[free[3]])
+    got = run(engine, [EngineRequest("t", prompt, stop_at)])
     assert ids_of(got[("t", 0)]) == free[: free.index(free[3]) + 1]
     assert got[("t", 0)][-1].finish_reason == "stop"
     got = run(engine, [EngineRequest("l", prompt, SamplingParams(max_tokens=5, temperature=0))])

@@ -12,7 +12,7 @@ def sizes(rank: int, layers: int = 2) -> dict:
 def test_pack_never_splits_a_tensor_and_fills_pages():
     n, where = pack({("t", i, "a"): s for i, s in enumerate([60, 50, 40, 30, 20])}, page_elems=100)
     assert n == 2
-    for key, (page, off) in where.items():
+    for key, (_page, off) in where.items():
         assert off + {0: 60, 1: 50, 2: 40, 3: 30, 4: 20}[key[1]] <= 100
     with pytest.raises(ValueError, match="does not fit"):
         pack({(0, "q_proj", "a"): 101}, page_elems=100)

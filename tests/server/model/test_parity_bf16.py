@@ -49,7 +49,7 @@ def test_bf16_greedy_agrees_within_tolerance(bf16_engine, hf_bf16, checkpoint):
     one = [bf16_engine.generate([ids], params)[0] for ids in prompts]
     together = bf16_engine.generate(prompts, params)
     for outs in (one, together):
-        divs = [first_divergence(o, r) if len(r) == N else first_divergence(o[: len(r)], r) for o, r in zip(outs, refs, strict=True)]
+        divs = [first_divergence(o[: len(r)], r) for o, r in zip(outs, refs, strict=True)]
         assert sum(d >= len(r) for d, r in zip(divs, refs, strict=True)) >= len(prompts) / 3, divs
         assert sum(d > 0 for d in divs) >= 0.8 * len(prompts), divs
 
