@@ -101,7 +101,12 @@ def main() -> None:
     ap.add_argument("--adapter-dir", default=None, help="where synthetic adapters go (default: a temp dir)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
+    ap.add_argument("--replot", default=None, help="draw --plot from this results file and exit")
     args = ap.parse_args()
+    if args.replot:
+        results = json.loads(Path(args.replot).read_text())
+        plot(results, sorted(int(k[2:]) for k in results["runs"] if k.startswith("n=")), args.plot)
+        return
     dtype = resolve_dtype(args.dtype, "cpu")
     ns = [int(x) for x in args.ns.split(",")]
     prange = tuple(int(x) for x in args.prompt_range.split(","))
