@@ -6,10 +6,6 @@ shuffled, unaligned pool offsets with NaN between them, so a read outside a slot
 Triton runs under its interpreter on CPU tensors unless TRITON_INTERPRET=0 is set on a CUDA machine.
 """
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # read by triton.jit when kernels.triton is imported
-
 import random
 
 import pytest
@@ -19,6 +15,7 @@ from kernels import ops
 from kernels.lora_batch import LoRABatchInfo, segments_from_row_slots
 from kernels.lora_reference import lora_reference, shrink_reference
 from kernels.torch.lora import lora_apply, lora_expand, lora_shrink
+from tests.kernels.triton_support import DEVICE, triton_skip  # sets TRITON_INTERPRET before kernels.triton loads
 
 try:
     from kernels.triton.lora_expand import bgmv_expand_fwd, sgmv_expand_fwd
@@ -28,14 +25,7 @@ try:
 except ImportError as e:
     _TRITON_ERROR = e
 
-INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
-DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
-_SKIP_TRITON = (
-    f"triton unavailable: {_TRITON_ERROR}"
-    if _TRITON_ERROR is not None
-    else ("TRITON_INTERPRET=0 needs CUDA" if DEVICE == "cpu" and not INTERPRET else None)
-)
-needs_triton = pytest.mark.skipif(_SKIP_TRITON is not None, reason=str(_SKIP_TRITON))
+needs_triton = triton_skip(_TRITON_ERROR)
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 DTYPES = [torch.float32, torch.bfloat16]
@@ -186,7 +176,7 @@ def _runners():
         pytest.param(_fused, id="twin-fused"),
         pytest.param(_two_pass(ops.lora_shrink, ops.lora_expand), id="ops"),
     ]
-    if _SKIP_TRITON is None:
+    if not needs_triton.args[0]:  # triton runnable here
         runners += [
             pytest.param(_two_pass(sgmv_shrink_fwd, sgmv_expand_fwd), id="sgmv"),
             pytest.param(_two_pass(bgmv_shrink_fwd, bgmv_expand_fwd), id="bgmv"),

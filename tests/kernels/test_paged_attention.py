@@ -3,14 +3,11 @@
 Triton runs under its interpreter on CPU tensors unless TRITON_INTERPRET=0 is set on a CUDA machine.
 """
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # read by triton.jit when kernels.triton is imported
-
 import pytest
 import torch
 
 from kernels.torch import paged_attention_decode, paged_attention_prefill
+from tests.kernels.triton_support import DEVICE, triton_skip  # sets TRITON_INTERPRET before kernels.triton loads
 
 try:
     from kernels.triton.paged_attention import paged_attention_decode_fwd, paged_attention_prefill_fwd
@@ -19,14 +16,7 @@ try:
 except ImportError as e:
     _TRITON_ERROR = e
 
-INTERPRET = os.environ["TRITON_INTERPRET"] == "1"
-DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
-_SKIP_TRITON = (
-    f"triton unavailable: {_TRITON_ERROR}"
-    if _TRITON_ERROR is not None
-    else ("TRITON_INTERPRET=0 needs CUDA" if DEVICE == "cpu" and not INTERPRET else None)
-)
-needs_triton = pytest.mark.skipif(_SKIP_TRITON is not None, reason=str(_SKIP_TRITON))
+needs_triton = triton_skip(_TRITON_ERROR)
 
 NUM_LAYERS = 2
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
