@@ -30,9 +30,3 @@ def peft_key(layer: int, module: str, factor: str) -> str:
     """The tensor name PEFT's save_pretrained writes (factor is "A" or "B")."""
     group = "self_attn" if module in MODULES[:4] else "mlp"
     return f"base_model.model.model.layers.{layer}.{group}.{module}.lora_{factor}.weight"
-
-
-def lora_numel(config, rank: int, modules: tuple[str, ...], layers: int) -> int:
-    """Parameters of one adapter: rank * (in + out) per targeted module per layer."""
-    shapes = module_shapes(config)
-    return layers * rank * sum(sum(shapes[m]) for m in modules)

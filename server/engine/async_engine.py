@@ -50,10 +50,6 @@ class AsyncEngine:
         self._wake.set()
         self._thread.join(timeout)
 
-    @property
-    def num_streams(self) -> int:
-        return len(self._streams)
-
     # API
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[SequenceDelta]:

@@ -77,6 +77,3 @@ class OutputProcessor:
             error_code=error_code,
             queue_s=None if seq.first_scheduled is None else seq.first_scheduled - seq.arrival,
         )
-
-    def full_text(self, seq: Sequence) -> str:
-        return self._texts[seq.seq_id].text
