@@ -53,7 +53,7 @@ def _serve_parser(sub) -> _Flags:
           metavar="DIR")
     f.add("--allowed-adapter-root", "where /v1/load_lora_adapter may read from (symlinks and .. resolved)", repeat=True,
           metavar="DIR")
-    f.add("--router", "expose a task router under model name NAME, e.g. auto=arrow (not served yet)", repeat=True,
+    f.add("--router", "expose a task router as model NAME: NAME=embedding or NAME=rules:FILE.json", repeat=True,
           metavar="NAME=KIND")
     f.add("--host", "address to bind", default="127.0.0.1", metavar="ADDR")
     f.add("--port", "port to bind", type=int, default=8000, metavar="PORT")
@@ -128,8 +128,6 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         )
     except ValueError as e:
         parser.error(str(e))
-    if settings.routers:
-        log.warning("--router is stored but not implemented yet: routers are not served")
 
     from server.adapters.types import AdapterError
     from server.api import build_app
@@ -143,9 +141,13 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except AdapterError as e:
         parser.error(str(e))
     engine = AsyncEngine(llm)
+    try:
+        app = build_app(engine, settings)
+    except ValueError as e:  # a bad --router
+        parser.error(str(e))
     engine.start()
     try:
-        run(build_app(engine, settings), settings.log_level)
+        run(app, settings.log_level)
     finally:
         engine.shutdown()
     return 0

@@ -22,6 +22,7 @@ from server.api.models import ModelResolver
 from server.api.routes_adapters import adapter_routes
 from server.api.routes_openai import openai_routes
 from server.api.routes_ops import ops_routes
+from server.api.routing import Routers
 from server.api.settings import ServerSettings
 from server.api.state import ServerState
 from server.api.status_counter import StatusCounter
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     llm = engine.engine
+    routers = Routers(llm, settings.routers)  # ValueError: a bad --router
     state = ServerState(settings.max_queue, settings.retry_after_s)
     metrics = Metrics(llm.pool.book.stats, state, adapter_stats=lambda: llm.adapters.pages.stats)
     llm.adapters.on_load = metrics.adapter_load_time.observe
@@ -44,6 +46,7 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             settings.served_model_name or llm.model_name, llm.registry, settings.routers, llm.adapters.pages.is_resident
         ),
         limits=Limits(llm.max_model_len, settings.max_tokens_cap),
+        routers=routers,
     )
 
     @asynccontextmanager

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from server.api.inputs import Limits
 from server.api.metrics import Metrics
 from server.api.models import ModelResolver
+from server.api.routing import Routers
 from server.api.settings import ServerSettings
 from server.api.state import ServerState
 from server.engine.async_engine import AsyncEngine
@@ -18,3 +19,4 @@ class ServerContext:
     metrics: Metrics
     models: ModelResolver
     limits: Limits
+    routers: Routers

@@ -118,6 +118,10 @@ class Metrics:
             ["adapter"], registry=r,
         )
         self.adapter_labels = TopLabels(adapter_labels, self._drop_adapter_series)
+        self.router_choices = Counter(
+            "loraplex_router_choices", "Adapters chosen by routers ('' = fell back to the base model)",
+            ["router", "adapter"], registry=r,
+        )
         self.adapter_load_time = Histogram(
             "loraplex_adapter_load_seconds", "Time to bring an adapter into the pool", buckets=LATENCY_BUCKETS,
             registry=r,

@@ -39,15 +39,17 @@ def adapter_routes(ctx: ServerContext) -> APIRouter:
         if ctx.models.reserved(body.lora_name):
             raise BadRequest(f"{body.lora_name!r} names the base model or a router", "lora_name")
         try:  # reads adapter_config.json only; weights load on first use
-            await asyncio.to_thread(registry.register, body.lora_name, path)
+            ref = await asyncio.to_thread(registry.register, body.lora_name, path)
         except AdapterError as e:
             raise BadRequest(str(e), "lora_path", code="invalid_adapter") from None
+        ctx.routers.adapter_added(ref)
         return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
     @router.post("/unload_lora_adapter", response_class=PlainTextResponse)
     async def unload_lora_adapter(body: UnloadLoRAAdapterRequest) -> str:
         try:  # requests already admitted keep the adapter until they finish
             registry.unregister(body.lora_name)
+            ctx.routers.adapter_removed(body.lora_name)
         except KeyError:
             raise NotFound(f"The adapter `{body.lora_name}` is not loaded.", "lora_name", "model_not_found") from None
         return f"Success: LoRA adapter '{body.lora_name}' removed successfully."

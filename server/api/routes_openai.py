@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
+from router.decision import RouteDecision
 from server.api.context import ServerContext
 from server.api.errors import BadRequest, InternalError, error_body
 from server.api.generation import ClientGone, Generation, unless_disconnected
@@ -57,28 +59,56 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
 
     @router.post("/completions", response_model=CompletionResponse, responses=_STREAMED)
     async def completions(body: CompletionRequest, request: Request):
-        adapter, _router = ctx.models.resolve(body.model)  # a router picks the adapter here once routers land
+        adapter, router_name = ctx.models.resolve(body.model)
         rid = f"cmpl-{uuid.uuid4().hex}"
         reqs = completion_requests(body, tokenizer, ctx.limits, rid, adapter)
+        decision = None
+        if router_name:  # one choice per request, made on its first prompt
+            decision = _route(ctx, router_name, tokenizer.decode(reqs[0].prompt_ids, skip_special_tokens=True), reqs)
         renderer = CompletionRenderer(
             rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs is not None
         )
-        return await _serve(ctx, request, reqs, renderer, body.stream, adapter)
+        return await _serve(ctx, request, reqs, renderer, body.stream, reqs[0].adapter, decision)
 
     @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_STREAMED)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        adapter, _router = ctx.models.resolve(body.model)
+        adapter, router_name = ctx.models.resolve(body.model)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         req = chat_request(body, tokenizer, ctx.limits, rid, adapter)
+        decision = None
+        if router_name:  # routed on the last user message, not the chat template around it
+            users = [m for m in body.messages if m.role == "user"]
+            text = _text_of(users[-1].content) if users else ""
+            decision = _route(ctx, router_name, text, [req])
         renderer = ChatRenderer(rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs)
-        return await _serve(ctx, request, [req], renderer, body.stream, adapter)
+        return await _serve(ctx, request, [req], renderer, body.stream, req.adapter, decision)
 
     return router
 
 
+def _text_of(content) -> str:
+    return content if isinstance(content, str) else " ".join(part.text for part in content or [])
+
+
+def _route(ctx: ServerContext, router_name: str, text: str, reqs: list[EngineRequest]) -> RouteDecision:
+    decision = ctx.routers.route(router_name, text)
+    for r in reqs:
+        r.adapter = decision.adapter
+    ctx.metrics.router_choices.labels(router_name, decision.adapter or "").inc()
+    return decision
+
+
+def _route_info(ctx: ServerContext, decision: RouteDecision) -> tuple[dict, dict[str, str]]:
+    """Body field and header telling the client which adapter a router chose."""
+    name = decision.adapter or ctx.models.base_name
+    body = {"adapter": decision.adapter, "router": decision.router, "scores": decision.scores,
+            "fell_back": decision.fell_back}
+    return body, {"x-loraplex-adapter": name}
+
+
 async def _serve(
     ctx: ServerContext, request: Request, reqs: list[EngineRequest], renderer: Renderer, stream: bool,
-    adapter: str | None,
+    adapter: str | None, decision: RouteDecision | None = None,
 ):
     for r in reqs:
         try:
@@ -88,15 +118,21 @@ async def _serve(
     ticket = ctx.state.admit()
     stats = RequestStats(ctx.metrics, adapter or ctx.models.base_name, sum(len(r.prompt_ids) for r in reqs))
     gen = Generation(ctx.engine, reqs, ticket, stats)
+    route_body, route_headers = _route_info(ctx, decision) if decision else (None, {})
     if stream:
-        return SSEResponse(_events(gen, renderer), on_close=gen.close)
+        response = SSEResponse(_events(gen, renderer), on_close=gen.close)
+        response.headers.update(route_headers)
+        return response
     try:
         choices = await unless_disconnected(_collect(gen), request.receive)
     except ClientGone:
         return Response(status_code=499)  # nobody reads it; the status is for the access log and metrics
     finally:
         await gen.close()
-    return renderer.response(choices, _usage(stats))
+    result = renderer.response(choices, _usage(stats))
+    if decision is None:
+        return result
+    return JSONResponse({**result.model_dump(), "loraplex": route_body}, headers=route_headers)
 
 
 def _engine_error(d) -> BadRequest | InternalError:

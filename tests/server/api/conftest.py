@@ -43,3 +43,16 @@ def idle(server):
         what="the server to go idle",
     )
     return server
+
+
+@pytest.fixture(scope="session")
+def routed_server(tmp_path_factory):
+    """The demo adapters behind two routers: `auto` (embedding) and `ops` (rules file)."""
+    rules = tmp_path_factory.mktemp("rules") / "rules.json"
+    rules.write_text('{"rules": [{"pattern": "^Reverse", "adapter": "reverse"}], "default": null}')
+    s = start_server(
+        tmp_path_factory.mktemp("routed"), "--adapter-dir", str(DEMO_ADAPTERS), "--router", "auto=embedding",
+        "--router", f"ops=rules:{rules}",
+    )
+    yield s
+    stop_server(s)
