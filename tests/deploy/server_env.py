@@ -6,10 +6,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from tests.deploy.files import ENTRYPOINT, dockerfile_env
-from tests.server.api.harness import START_DEADLINE_S, free_port, wait_until
+from tests.server.api.harness import free_port, wait_healthy
 
 
 @dataclass
@@ -36,16 +34,7 @@ def start_entrypoint(cwd: Path, env: dict[str, str]) -> EntrypointServer:
     with log.open("w") as out:
         proc = subprocess.Popen(["sh", str(ENTRYPOINT)], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = EntrypointServer(proc, f"http://127.0.0.1:{env['LORAPLEX_PORT']}", env, log)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"entrypoint exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(healthy, START_DEADLINE_S, "the entrypoint's server to become healthy")
+    wait_healthy(proc, server.url, log)
     return server
 
 

@@ -72,17 +72,22 @@ def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None) 
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Server(proc, f"http://127.0.0.1:{port}", log)
+    wait_healthy(proc, server.url, log)
+    return server
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, log: Path) -> None:
+    """Until /health says 200; the process's log in the error if it dies first."""
 
     def healthy() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            return httpx.get(f"{server.url}/health", timeout=2).status_code == 200
+            return httpx.get(f"{url}/health", timeout=2).status_code == 200
         except httpx.TransportError:
             return False
 
-    wait_until(healthy, START_DEADLINE_S, "the server to become healthy")
-    return server
+    wait_until(healthy, START_DEADLINE_S, f"{url} to become healthy")
 
 
 def stop_server(server: Server) -> None:
