@@ -47,11 +47,13 @@ def test_the_parser_on_a_known_expression():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, set[tuple[tuple[str, str], ...]]]:
-    """sample name -> label sets, from /metrics after traffic to the base model and to a demo adapter."""
-    server = start_server(tmp_path_factory.mktemp("dashboard"), "--adapter-dir", str(DEMO_ADAPTERS))
+    """sample name -> label sets, from /metrics after traffic to the base model, a demo adapter and a router."""
+    server = start_server(
+        tmp_path_factory.mktemp("dashboard"), "--adapter-dir", str(DEMO_ADAPTERS), "--router", "auto=embedding"
+    )
     try:
         client = server.client()
-        for model in (MODEL, "sentiment"):
+        for model in (MODEL, "sentiment", "auto"):
             client.completions.create(model=model, prompt="Deploying is", max_tokens=3, temperature=0)
         text = httpx.get(f"{server.url}/metrics", timeout=10).text
     finally:
