@@ -5,9 +5,15 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from server.api.settings import LOG_LEVELS, ServerSettings
 from server.config import EngineConfig
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from server.engine.async_engine import AsyncEngine
 
 log = logging.getLogger("loraplex")
 
@@ -42,9 +48,8 @@ class _Flags:
                 setattr(args, dest, from_env)
 
 
-def _serve_parser(sub) -> _Flags:
-    p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
-    f = _Flags(p)
+def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
+    """The flags of one loraplex server."""
     f.add("--model", "HF model directory or .gguf file; default: the embedded SmolLM2-135M-Instruct", metavar="PATH")
     f.add("--served-model-name", "name of the base model in the API (default: derived from the model)", metavar="NAME")
     f.add("--adapter", "register a PEFT adapter directory under NAME", repeat=True,
@@ -53,10 +58,11 @@ def _serve_parser(sub) -> _Flags:
           metavar="DIR")
     f.add("--allowed-adapter-root", "where /v1/load_lora_adapter may read from (symlinks and .. resolved)", repeat=True,
           metavar="DIR")
-    f.add("--router", "expose a task router as model NAME: NAME=embedding or NAME=rules:FILE.json", repeat=True,
+    f.add("--router", "expose a task router as model NAME: NAME=embedding, NAME=rules:FILE.json or "
+          "NAME=arrow[:top_k=K,temperature=T,threshold=S]", repeat=True,
           metavar="NAME=KIND")
-    f.add("--host", "address to bind", default="127.0.0.1", metavar="ADDR")
-    f.add("--port", "port to bind", type=int, default=8000, metavar="PORT")
+    f.add("--host", host_help, default="127.0.0.1", metavar="ADDR")
+    f.add("--port", port_help, type=int, default=8000, metavar="PORT")
     f.add("--dtype", "compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32",
           choices=["auto", "bfloat16", "float32"], default="auto")
     f.add("--device", "compute device; auto = cuda when available, else cpu", choices=["auto", "cpu", "cuda"],
@@ -80,15 +86,21 @@ def _serve_parser(sub) -> _Flags:
           default=30.0, metavar="SECONDS")
     f.add("--cors-origin", "allow this browser origin (CORS is off unless given)", repeat=True, metavar="ORIGIN")
     f.add("--log-level", "log level", choices=list(LOG_LEVELS), default="info")
+
+
+def _serve_parser(sub) -> _Flags:
+    p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
+    f = _Flags(p)
+    _add_server_flags(f, "address to bind", "port to bind")
     return f
 
 
-def _pairs(values: list[str], flag: str, parser: argparse.ArgumentParser) -> dict[str, str]:
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
     out = {}
     for v in values:
         name, sep, rest = v.partition("=")
         if not sep or not name or not rest:
-            parser.error(f"{flag} wants NAME=VALUE, got {v!r}")
+            raise ValueError(f"{flag} wants NAME=VALUE, got {v!r}")
         out[name] = rest
     return out
 
@@ -101,6 +113,26 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    """ValueError names a bad flag."""
+    return ServerSettings(
+        host=args.host, port=args.port, served_model_name=args.served_model_name, api_key=args.api_key,
+        max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
+        drain_timeout=args.drain_timeout, cors_origins=args.cors_origin, log_level=args.log_level,
+        adapters=_pairs(args.adapter, "--adapter"), adapter_dirs=args.adapter_dir,
+        allowed_adapter_roots=args.allowed_adapter_root, routers=_pairs(args.router, "--router"),
+    )
+
+
+def engine_config(args: argparse.Namespace, device: str) -> EngineConfig:
+    """ValueError names a bad flag."""
+    return EngineConfig(
+        model=args.model, dtype=args.dtype, device=device, pool_mb=args.pool_mb,
+        max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens, max_model_len=args.max_model_len,
+        num_threads=args.num_threads, max_lora_rank=args.max_lora_rank, adapter_cache_mb=args.adapter_cache_mb,
+    )
+
+
 def register_adapters(registry, adapters: dict[str, str], adapter_dirs: list[str]) -> None:
     """--adapter NAME=PATH must all be valid; --adapter-dir serves its good folders and logs the bad ones."""
     for name, path in adapters.items():
@@ -110,40 +142,44 @@ def register_adapters(registry, adapters: dict[str, str], adapter_dirs: list[str
         log.info("registered %d adapters from %s", len(refs), d)
 
 
-def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("server.engine.llm_engine").setLevel(logging.INFO)  # scripts wait for its "engine ready" line
-    try:
-        settings = ServerSettings(
-            host=args.host, port=args.port, served_model_name=args.served_model_name, api_key=args.api_key,
-            max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
-            drain_timeout=args.drain_timeout, cors_origins=args.cors_origin, log_level=args.log_level,
-            adapters=_pairs(args.adapter, "--adapter", parser), adapter_dirs=args.adapter_dir,
-            allowed_adapter_roots=args.allowed_adapter_root, routers=_pairs(args.router, "--router", parser),
-        )
-        config = EngineConfig(
-            model=args.model, dtype=args.dtype, device=_device(args.device), pool_mb=args.pool_mb,
-            max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens, max_model_len=args.max_model_len,
-            num_threads=args.num_threads, max_lora_rank=args.max_lora_rank, adapter_cache_mb=args.adapter_cache_mb,
-        )
-    except ValueError as e:
-        parser.error(str(e))
+class FlagError(ValueError):
+    """A flag that only turned out bad once the engine was up: an --adapter or a --router."""
 
+
+def build_server(settings: ServerSettings, config: EngineConfig) -> "tuple[AsyncEngine, FastAPI]":
+    """The engine (not started yet) and its app."""
     from server.adapters.types import AdapterError
     from server.api import build_app
-    from server.api.serve import serve as run
     from server.engine.async_engine import AsyncEngine
     from server.engine.llm_engine import LLMEngine
 
     llm = LLMEngine.from_config(config)  # logs "engine ready"
     try:
         register_adapters(llm.registry, settings.adapters, settings.adapter_dirs)
-    except AdapterError as e:
-        parser.error(str(e))
-    engine = AsyncEngine(llm)
+        engine = AsyncEngine(llm)
+        return engine, build_app(engine, settings)
+    except (AdapterError, ValueError) as e:
+        raise FlagError(str(e)) from e
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("server.engine.llm_engine").setLevel(logging.INFO)  # scripts wait for its "engine ready" line
+
+
+def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _setup_logging(args.log_level)
     try:
-        app = build_app(engine, settings)
-    except ValueError as e:  # a bad --router
+        settings = server_settings(args)
+        config = engine_config(args, _device(args.device))
+    except ValueError as e:
+        parser.error(str(e))
+
+    from server.api.serve import serve as run
+
+    try:
+        engine, app = build_server(settings, config)
+    except FlagError as e:
         parser.error(str(e))
     engine.start()
     try:
@@ -153,19 +189,22 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+COMMANDS = {"serve": serve}
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], None]]:
     """The parser, and what to call on its result to fill repeatable flags from the environment."""
     parser = argparse.ArgumentParser(prog="loraplex", description="LoRA-multiplexing LLM server")
     sub = parser.add_subparsers(dest="command", required=True)
-    flags = _serve_parser(sub)
-    return parser, flags.finish
+    flags = {"serve": _serve_parser(sub)}
+    return parser, lambda args: flags[args.command].finish(args)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser, finish = build_parser()
     args = parser.parse_args(argv)
     finish(args)
-    return serve(args, parser)
+    return COMMANDS[args.command](args, parser)
 
 
 if __name__ == "__main__":
