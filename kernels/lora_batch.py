@@ -6,9 +6,12 @@ at pool[a_offsets[s]:] and B_s (out, r_s) row-major at pool[b_offsets[s]:]; an o
 adapter does not target that (layer, module), so its rows get no delta there. Everything below is
 per step and shared by every (layer, module) call of the step.
 
-Mixtures (later): a row carrying k (slot, weight) pairs becomes row_slots (T, k) plus row_weights
-(T, k) folded into the scaling, segments keyed by the k-tuple, and a shrink output (T, k, max_rank);
-nothing here assumes k = 1 beyond the shapes.
+Mixtures: a token row may carry k (adapter, weight) pairs. A slot is an (adapter, weight) pair, its
+scaling already multiplied by the weight, and the info's rows are then *entries*, one per (token row,
+slot) pair: `entry_rows` maps entry e to its token row, `row_slots[e]` is its slot. The kernels never
+see the difference: ops.lora_apply gathers the entries' inputs, runs them as ordinary rows, and sums
+each token row's entries back (index_add). With at most one pair per row, entries are the rows and
+entry_rows is None (no gather). Per-token mixing (Arrow per token) only changes the weights per entry.
 """
 
 from dataclasses import dataclass, field
@@ -50,6 +53,8 @@ class LoRABatchInfo:
     max_rank: int  # >= every rank in the batch; width of the shrink output
     max_seg_len: int  # longest segment, on the host so the SGMV grid needs no device sync
     groups: RowGroups | None = field(default=None)  # for the torch twins; see row_groups()
+    # (T,) int64 when the rows above are mixture entries: the token row each one adds its delta to
+    entry_rows: torch.Tensor | None = field(default=None)
 
     def __post_init__(self):
         T, S = self.row_slots.shape[0], self.seg_slots.shape[0]
@@ -85,6 +90,7 @@ class LoRABatchInfo:
         scalings: list[float],  # (num_slots,)
         device: torch.device | str = "cpu",
         max_rank: int | None = None,  # default: the largest rank in the batch
+        entry_rows: list[int] | None = None,  # (T,) token row of each entry, when rows are mixture entries
     ) -> "LoRABatchInfo":
         indptr, seg_slots = segments_from_row_slots(row_slots)
         used = {s for s in seg_slots if s >= 0}
@@ -106,6 +112,7 @@ class LoRABatchInfo:
             max_rank=max_rank or rank,
             max_seg_len=max((b - a for a, b in pairwise(indptr)), default=0),
             groups=groups,
+            entry_rows=None if entry_rows is None else torch.tensor(entry_rows, dtype=torch.int64, device=device),
         )
 
 

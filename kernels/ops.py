@@ -60,7 +60,21 @@ def lora_expand(y, out, pool, b_offsets, info) -> None:
 
 
 def lora_apply(x, out, pool, a_offsets, b_offsets, info) -> None:
-    """out (T, out) += the LoRA delta of every row of x (T, in), whatever adapter each row has."""
+    """out (T, out) += the LoRA delta of every row of x (T, in), whatever adapter(s) each row has."""
+    if info.entry_rows is not None:
+        return apply_per_entry(_lora_apply_rows, x, out, pool, a_offsets, b_offsets, info)
+    return _lora_apply_rows(x, out, pool, a_offsets, b_offsets, info)
+
+
+def apply_per_entry(apply, x, out, pool, a_offsets, b_offsets, info) -> None:
+    """Mixture rows: `apply` runs the (row, slot) entries as plain rows; each row sums its entries' deltas."""
+    rows = info.entry_rows  # (E,)
+    delta = out.new_zeros(rows.shape[0], out.shape[1])  # (E, out)
+    apply(x.index_select(0, rows), delta, pool, a_offsets, b_offsets, info)
+    out.index_add_(0, rows, delta)
+
+
+def _lora_apply_rows(x, out, pool, a_offsets, b_offsets, info) -> None:
     if _use_triton(x):
         return lora_expand(lora_shrink(x, pool, a_offsets, info), out, pool, b_offsets, info)
     from kernels.torch.lora import lora_apply as apply_twin  # fuses shrink and expand per adapter

@@ -7,8 +7,9 @@ locked inbox, deltas come back through loop.call_soon_threadsafe onto per-reques
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.outputs import SequenceDelta
@@ -28,6 +29,18 @@ class EngineDead(RuntimeError):
     pass
 
 
+T = TypeVar("T")
+
+
+def _settle(fut: asyncio.Future, result, error: BaseException | None) -> None:
+    if fut.done():  # the caller gave up (cancelled)
+        return
+    if error is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(error)
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine):
         self.engine = engine
@@ -35,6 +48,7 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._inbox: list[EngineRequest] = []
         self._aborts: list[str] = []
+        self._calls: list[tuple[Callable[[LLMEngine], object], asyncio.Future]] = []
         self._streams: dict[str, _Stream] = {}
         self._stop = False
         self._error: BaseException | None = None
@@ -79,6 +93,16 @@ class AsyncEngine:
             if not finished:
                 self.abort(request.request_id)
 
+    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
+        """Run fn(engine) on the engine thread between two steps (model code never runs beside a step)."""
+        if self._error is not None:
+            raise EngineDead(f"the engine stopped: {self._error!r}")
+        fut = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._calls.append((fn, fut))
+        self._wake.set()
+        return await fut
+
     def abort(self, request_id: str) -> None:
         with self._lock:
             self._aborts.append(request_id)
@@ -102,6 +126,13 @@ class AsyncEngine:
         with self._lock:
             inbox, self._inbox = self._inbox, []
             aborts, self._aborts = self._aborts, []
+            calls, self._calls = self._calls, []
+        for fn, fut in calls:
+            try:
+                result, error = fn(self.engine), None
+            except Exception as e:  # the caller's problem, not the engine's
+                result, error = None, e
+            fut.get_loop().call_soon_threadsafe(_settle, fut, result, error)
         for req in inbox:
             try:
                 self.engine.add_request(req)
@@ -133,5 +164,8 @@ class AsyncEngine:
             self._error = e
             with self._lock:
                 streams, self._streams = list(self._streams.values()), {}
+                calls, self._calls = self._calls, []
             for s in streams:
                 s.loop.call_soon_threadsafe(s.queue.put_nowait, EngineDead(f"the engine stopped: {e!r}"))
+            for _, fut in calls:
+                fut.get_loop().call_soon_threadsafe(_settle, fut, None, EngineDead(f"the engine stopped: {e!r}"))

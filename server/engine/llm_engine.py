@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -15,8 +16,8 @@ from server.engine.model_runner import ModelRunner
 from server.engine.output_processor import OutputProcessor
 from server.engine.outputs import SequenceDelta
 from server.engine.sampling_params import SamplingParams
-from server.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
-from server.engine.sequence import NO_ADAPTER, SeqStatus, Sequence
+from server.engine.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
+from server.engine.sequence import SeqStatus, Sequence
 from server.memory.adapter_pages import AdapterPages, pack
 from server.memory.block_manager import BlockManager, blocks_for
 from server.memory.device_pool import DevicePool
@@ -24,6 +25,7 @@ from server.model.llama import LlamaForCausalLM, head_dim
 from server.model.loader import Checkpoint, build_model, resolve_checkpoint
 
 log = logging.getLogger(__name__)
+MAX_MIXTURE = 8  # adapters one request may mix
 
 
 @dataclass(slots=True)
@@ -32,6 +34,11 @@ class EngineRequest:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None  # None = the base model
+    mixture: tuple[tuple[str, float], ...] = ()  # instead of `adapter`: the weighted sum of these adapters' deltas
+
+    def lora(self) -> tuple[tuple[str, float], ...]:
+        """(adapter name, weight) pairs; () = the base model."""
+        return self.mixture or (((self.adapter, 1.0),) if self.adapter is not None else ())
 
 
 def _eos_ids(ckpt: Checkpoint) -> set[int]:
@@ -105,9 +112,18 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         if n >= self.max_model_len:
             raise ValueError(f"the prompt has {n} tokens; this model's context is {self.max_model_len}")
+        if req.mixture and req.adapter is not None:
+            raise ValueError("a request names either one adapter or a mixture, not both")
+        if len(req.mixture) > MAX_MIXTURE:
+            raise ValueError(f"a mixture has at most {MAX_MIXTURE} adapters, not {len(req.mixture)}")
+        if any(not math.isfinite(w) for _, w in req.mixture):
+            raise ValueError("mixture weights must be finite numbers")
+        names = [name for name, _ in req.lora()]
+        if len(set(names)) < len(names):
+            raise ValueError("a mixture names each adapter once")
         need = blocks_for(min(n + req.params.max_tokens, self.max_model_len), self.config.block_size)
-        if req.adapter is not None:
-            ref = self.adapters.resolve(req.adapter)  # KeyError: no such adapter
+        for name in names:
+            ref = self.adapters.resolve(name)  # KeyError: no such adapter
             need += pack(self.adapters.sizes(ref), self.pool.page_elems)[0]
         if need > self.pool.book.num_pages:
             raise ValueError(f"prompt + max_tokens (+ adapter) need {need} pool pages; the pool has "
@@ -116,14 +132,14 @@ class LLMEngine:
     def add_request(self, req: EngineRequest) -> None:
         self.check_request(req)
         now = time.monotonic()
-        adapter_id = NO_ADAPTER
-        if req.adapter is not None:
-            ref = self.adapters.resolve(req.adapter)
+        lora = []
+        for name, weight in req.lora():
+            ref = self.adapters.resolve(name)
             self.adapters.hold(ref, req.params.n)
-            adapter_id = ref.id
+            lora.append((ref.id, float(weight)))
         seqs = []
         for i in range(req.params.n):
-            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, adapter_id)
+            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, tuple(lora))
             if req.params.seed is not None:
                 self.runner.generators[seq.seq_id] = torch.Generator().manual_seed(req.params.seed + i)
             self.outputs.add(seq)
@@ -144,8 +160,28 @@ class LLMEngine:
     def _forget(self, seq: Sequence) -> None:
         self.outputs.drop(seq)
         self.runner.generators.pop(seq.seq_id, None)
-        if seq.adapter_id != NO_ADAPTER:
-            self.adapters.unhold(seq.adapter_id)
+        for aid in seq.adapter_ids:
+            self.adapters.unhold(aid)
+
+    def prompt_features(
+        self, prompt_ids: list[int], keys: set[tuple[int, str]]
+    ) -> dict[tuple[int, str], torch.Tensor]:
+        """The base model's inputs (T, in) to the (layer, module) projections in keys over a prompt.
+
+        A side prefill between steps (for routers that read hidden states): its KV pages come from the
+        pool like any sequence's and go back before this returns. RuntimeError when the pool has no room.
+        """
+        n = len(prompt_ids)
+        assert 0 < n <= self.config.max_batch_tokens, n
+        blocks, table = self.scheduler.blocks, []
+        if not blocks.can_grow(table, n):
+            raise RuntimeError("no free pool pages for a routing pass")
+        blocks.grow(table, n)
+        seq = Sequence(-1, "", 0, list(prompt_ids), SamplingParams(max_tokens=1), time.monotonic(), block_table=table)
+        try:
+            return self.runner.features(SchedulerOutput(prefills=[ScheduledChunk(seq, 0, n)]), keys)
+        finally:
+            blocks.release(table)
 
     def has_work(self) -> bool:
         return self.scheduler.has_work()

@@ -9,7 +9,6 @@ from server.adapters.manager import AdapterManager
 from server.engine.outputs import TokenLogprob
 from server.engine.sampler import SampleRow, sample
 from server.engine.scheduler import ScheduledChunk, SchedulerOutput
-from server.engine.sequence import NO_ADAPTER
 from server.memory.device_pool import DevicePool
 from server.model.batch import AttentionBatch
 from server.model.llama import LlamaForCausalLM
@@ -76,27 +75,57 @@ class ModelRunner:
         return input_ids, pos, batch
 
     def lora_step(self, out: SchedulerOutput) -> LoRAStep | None:
-        """Slots for the distinct adapters of this step, in order of first appearance; None if base-only."""
-        slot_of: dict[int, int] = {}
+        """One slot per distinct (adapter, weight) of this step, in order of first appearance; None if base-only.
+
+        Rows of single-adapter sequences are the kernels' rows; once any sequence mixes adapters, the
+        kernels' rows become (row, slot) entries grouped by slot (see kernels/lora_batch.py).
+        """
+        slot_of: dict[tuple[int, float], int] = {}
         row_slots: list[int] = []
+        entries: list[tuple[int, int]] = []  # (slot, token row)
+        mixed = False
+        row = 0
         for chunk in out.chunks:
-            aid = chunk.seq.adapter_id
-            slot = -1 if aid == NO_ADAPTER else slot_of.setdefault(aid, len(slot_of))
-            row_slots += [slot] * chunk.num_tokens
+            lora = chunk.seq.lora
+            slots = [slot_of.setdefault(pair, len(slot_of)) for pair in lora]
+            mixed |= len(slots) > 1
+            row_slots += [slots[0] if slots else -1] * chunk.num_tokens
+            entries += [(s, r) for s in slots for r in range(row, row + chunk.num_tokens)]
+            row += chunk.num_tokens
         if not slot_of:
             return None
-        refs = [self.adapters.ref(a) for a in slot_of]
-        info = LoRABatchInfo.from_row_slots(row_slots, [r.rank for r in refs], [r.scaling for r in refs], self.device)
-        offsets = [self.adapters.offsets(a) for a in slot_of]
+        refs = [self.adapters.ref(a) for a, _ in slot_of]
+        scalings = [ref.scaling * w for ref, (_, w) in zip(refs, slot_of, strict=True)]
+        entry_rows = None
+        if mixed:
+            entries.sort()  # stable order, grouped by slot: each slot's entries are one run
+            row_slots, entry_rows = [s for s, _ in entries], [r for _, r in entries]
+        info = LoRABatchInfo.from_row_slots(
+            row_slots, [r.rank for r in refs], scalings, self.device, entry_rows=entry_rows
+        )
+        offsets = [self.adapters.offsets(a) for a, _ in slot_of]
         a = torch.stack([o[0] for o in offsets]).to(self.device)  # (slots, L, M)
         b = torch.stack([o[1] for o in offsets]).to(self.device)
         return LoRAStep(info, a, b)
 
     @torch.inference_mode()
+    def features(self, out: SchedulerOutput, keys: set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
+        """A base-only forward of `out`; returns the inputs (T, in) of the (layer, module) projections in keys."""
+        input_ids, positions, batch = self.build(out)
+        self.lora.pool_flat = self.pool.pages.view(-1)
+        self.lora.step = None
+        self.lora.capture = dict.fromkeys(keys)
+        try:
+            self.model.hidden_states(input_ids, positions, batch, self.kv_cache)
+            return {k: x for k, x in self.lora.capture.items() if x is not None}
+        finally:
+            self.lora.capture = None
+
+    @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> list[Sampled]:
         # rows of one adapter side by side: each adapter's rows are one run for the LoRA kernels
-        out.prefills.sort(key=lambda c: c.seq.adapter_id)
-        out.decodes.sort(key=lambda c: c.seq.adapter_id)
+        out.prefills.sort(key=lambda c: c.seq.lora)
+        out.decodes.sort(key=lambda c: c.seq.lora)
         input_ids, positions, batch = self.build(out)
         # the model may be shared between engines: point its LoRA layers at this engine's pool and step
         self.lora.pool_flat = self.pool.pages.view(-1)

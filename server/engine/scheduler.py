@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from server.engine.sequence import NO_ADAPTER, SeqStatus, Sequence
+from server.engine.sequence import SeqStatus, Sequence
 from server.memory.block_manager import BlockManager
 
 
@@ -123,11 +123,25 @@ class Scheduler:
         (out.decodes if n == 1 else out.prefills).append(chunk)
 
     def _acquire_adapter(self, seq: Sequence) -> bool:
-        return seq.adapter_id == NO_ADAPTER or self.adapters is None or self.adapters.acquire(seq.adapter_id)
+        """Pins every adapter of the sequence, or none of them."""
+        if self.adapters is None:
+            return True
+        got: list[int] = []
+        try:
+            for aid in seq.adapter_ids:
+                if not self.adapters.acquire(aid):
+                    break
+                got.append(aid)
+        finally:
+            if len(got) < len(seq.adapter_ids):
+                for aid in got:
+                    self.adapters.release(aid)
+        return len(got) == len(seq.adapter_ids)
 
     def _release_adapter(self, seq: Sequence) -> None:
-        if seq.adapter_id != NO_ADAPTER and self.adapters is not None:
-            self.adapters.release(seq.adapter_id)
+        if self.adapters is not None:
+            for aid in seq.adapter_ids:
+                self.adapters.release(aid)
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)

@@ -6,6 +6,7 @@ from enum import Enum
 from server.engine.sampling_params import SamplingParams
 
 NO_ADAPTER = -1  # the adapter id of base-only sequences
+LoRAMix = tuple[tuple[int, float], ...]  # (adapter id, weight) pairs: () base, one pair an adapter, k a mixture
 
 
 class SeqStatus(Enum):
@@ -22,7 +23,7 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams
     arrival: float  # monotonic seconds
-    adapter_id: int = NO_ADAPTER
+    lora: LoRAMix = ()
     output_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     block_table: list[int] = field(default_factory=list)  # KV page ids
@@ -30,6 +31,10 @@ class Sequence:
     num_preemptions: int = 0
     finish_reason: str | None = None
     first_scheduled: float | None = None  # monotonic seconds of its first scheduled chunk
+
+    @property
+    def adapter_ids(self) -> tuple[int, ...]:
+        return tuple(a for a, _ in self.lora)
 
     @property
     def num_tokens(self) -> int:

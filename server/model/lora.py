@@ -25,6 +25,8 @@ class LoRAContext:
     def __init__(self):
         self.pool_flat: torch.Tensor | None = None  # (N,) the unified pool viewed flat
         self.step: LoRAStep | None = None  # None: no adapter rows this step
+        # set for a routing pass: (layer, module name) -> that projection's input (T, in), filled by the forward
+        self.capture: dict[tuple[int, str], torch.Tensor | None] | None = None
 
 
 class LoRALinear(nn.Module):
@@ -35,6 +37,9 @@ class LoRALinear(nn.Module):
         self.ctx = ctx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (T, in) -> (T, out)
+        capture = self.ctx.capture
+        if capture is not None and (self.layer, MODULES[self.module]) in capture:
+            capture[self.layer, MODULES[self.module]] = x
         out = self.base(x)
         step = self.ctx.step
         if step is not None:

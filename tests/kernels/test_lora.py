@@ -292,3 +292,33 @@ def test_shrink_rejects_bad_inputs(spoil, shrink):
     fwd = sgmv_shrink_fwd if shrink == "sgmv" else bgmv_shrink_fwd
     with pytest.raises(AssertionError):
         fwd(*spoil(x, pool, a_off, info))
+
+
+@pytest.mark.parametrize("runner", _runners())
+def test_mixture_entries_sum_weighted_deltas(runner):
+    """Rows carrying k (adapter, weight) pairs: each row gets sum_k w_k * scale_k * B_k A_k x."""
+    ranks, scalings = [3, 16, 7], [0.5, 2.0, 1.5]
+    pool, a_off, b_off = _pool(ranks, 48, 80, torch.float32, torch.Generator().manual_seed(6))
+    mixes = [[(0, 0.7), (2, 0.3)], [], [(1, 1.0)], [(0, -0.5), (1, 0.25), (2, 2.0)], [(0, 0.7), (2, 0.3)]]
+    pairs = sorted({p for m in mixes for p in m})  # a slot per (adapter, weight), as the runner builds them
+    entries = sorted((pairs.index(p), row) for row, m in enumerate(mixes) for p in m)
+    info = LoRABatchInfo.from_row_slots(
+        [s for s, _ in entries], [ranks[a] for a, _ in pairs], [scalings[a] * w for a, w in pairs], DEVICE,
+        entry_rows=[r for _, r in entries],
+    )
+    a_slots = torch.tensor([a for a, _ in pairs], device=DEVICE)
+    x = torch.randn(len(mixes), 48, device=DEVICE)
+    out0 = torch.randn(len(mixes), 80, device=DEVICE)
+    expect = out0.clone().cpu()
+    for row, m in enumerate(mixes):  # one single-adapter reference call per pair, summed
+        for adapter, w in m:
+            single = LoRABatchInfo.from_row_slots([adapter], ranks, scalings)
+            expect[row] += w * lora_reference(x[row : row + 1], pool, a_off, b_off, single, 80)[0]
+    out = out0.clone()
+    ops.apply_per_entry(lambda *args: runner(*args), x, out, pool, a_off[a_slots], b_off[a_slots], info)
+    torch.testing.assert_close(out.cpu(), expect, **TOL[torch.float32])
+    assert torch.equal(out[1], out0[1]), "the base-only row was touched"
+    if DEVICE == "cpu":  # the dispatch takes the same path
+        out = out0.clone()
+        ops.lora_apply(x, out, pool, a_off[a_slots], b_off[a_slots], info)
+        torch.testing.assert_close(out.cpu(), expect, **TOL[torch.float32])
