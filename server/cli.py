@@ -1,4 +1,5 @@
-"""`loraplex serve`: every flag also readable from env LORAPLEX_<FLAG> (repeatable flags: comma-separated)."""
+"""`loraplex serve` and `loraplex serve-ray`: every flag also readable from env LORAPLEX_<FLAG> (repeatable flags:
+comma-separated)."""
 
 import argparse
 import logging
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from server.engine.async_engine import AsyncEngine
+    from server.ray_serve.config import RayServeConfig, ReplicaSpec
 
 log = logging.getLogger("loraplex")
 
@@ -49,7 +51,7 @@ class _Flags:
 
 
 def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
-    """The flags of one loraplex server."""
+    """The flags of one loraplex server: `serve` runs one, `serve-ray` runs one per replica."""
     f.add("--model", "HF model directory or .gguf file; default: the embedded SmolLM2-135M-Instruct", metavar="PATH")
     f.add("--served-model-name", "name of the base model in the API (default: derived from the model)", metavar="NAME")
     f.add("--adapter", "register a PEFT adapter directory under NAME", repeat=True,
@@ -58,8 +60,7 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
           metavar="DIR")
     f.add("--allowed-adapter-root", "where /v1/load_lora_adapter may read from (symlinks and .. resolved)", repeat=True,
           metavar="DIR")
-    f.add("--router", "expose a task router as model NAME: NAME=embedding, NAME=rules:FILE.json or "
-          "NAME=arrow[:top_k=K,temperature=T,threshold=S]", repeat=True,
+    f.add("--router", "expose a task router as model NAME: NAME=embedding or NAME=rules:FILE.json", repeat=True,
           metavar="NAME=KIND")
     f.add("--host", host_help, default="127.0.0.1", metavar="ADDR")
     f.add("--port", port_help, type=int, default=8000, metavar="PORT")
@@ -92,6 +93,34 @@ def _serve_parser(sub) -> _Flags:
     p = sub.add_parser("serve", help="start the OpenAI-compatible HTTP server")
     f = _Flags(p)
     _add_server_flags(f, "address to bind", "port to bind")
+    return f
+
+
+def _serve_ray_parser(sub) -> _Flags:
+    p = sub.add_parser(
+        "serve-ray", help="scale out on Ray Serve: N replicas behind Ray's HTTP proxy, adapter-affinity routing",
+        description="Each replica is one loraplex server (the flags below apply to each); Ray's proxy sends a "
+        "request to a replica already holding its model (the body's `model`) through Ray Serve model multiplexing.",
+    )
+    f = _Flags(p)
+    _add_server_flags(f, "address Ray's HTTP proxy binds", "port Ray's HTTP proxy binds")
+    f.add("--num-replicas", "replicas when autoscaling is off; the starting count when it is on", type=int, default=2,
+          metavar="N")
+    f.add("--min-replicas", "autoscaling lower bound (giving --min-replicas or --max-replicas turns autoscaling on)",
+          type=int, metavar="N")
+    f.add("--max-replicas", "autoscaling upper bound", type=int, metavar="N")
+    f.add("--target-ongoing-requests", "autoscaling aims at this many in-flight requests per replica", type=float,
+          default=16.0, metavar="N")
+    f.add("--max-ongoing-requests", "most requests one replica works on; more wait in Ray's proxy", type=int,
+          default=64, metavar="N")
+    f.add("--max-adapters-per-replica", "models (adapters, base, routers) a replica holds before Ray drops its "
+          "least recently used one from the replica's routing entry and host cache", type=int, default=16,
+          metavar="N")
+    f.add("--replica-cpus", "CPUs Ray reserves for each replica", type=float, default=1.0, metavar="N")
+    f.add("--replica-gpus", "GPUs Ray reserves for each replica (--device auto picks cuda when > 0)", type=float,
+          default=0.0, metavar="N")
+    f.add("--ray-address", "join this Ray cluster (default: start a local Ray instance)", metavar="ADDR")
+    f.add("--app-name", "Ray Serve application name", default="loraplex", metavar="NAME")
     return f
 
 
@@ -147,7 +176,7 @@ class FlagError(ValueError):
 
 
 def build_server(settings: ServerSettings, config: EngineConfig) -> "tuple[AsyncEngine, FastAPI]":
-    """The engine (not started yet) and its app."""
+    """The engine (not started yet) and its app, as `serve` and every Ray replica build them."""
     from server.adapters.types import AdapterError
     from server.api import build_app
     from server.engine.async_engine import AsyncEngine
@@ -189,14 +218,46 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
-COMMANDS = {"serve": serve}
+def ray_serve_config(args: argparse.Namespace) -> "tuple[RayServeConfig, ReplicaSpec]":
+    """`serve-ray` flags -> what Ray runs and what each replica builds. ValueError names a bad flag."""
+    from server.ray_serve.config import RayServeConfig, ReplicaSpec
+
+    if args.allowed_adapter_root:
+        raise ValueError("--allowed-adapter-root: a run-time adapter load would reach one replica only; register "
+                         "adapters at start with --adapter or --adapter-dir")
+    device = args.device
+    if device == "auto":  # the replicas' hardware, not this process's: a replica sees a GPU only if it asks for one
+        device = "cuda" if args.replica_gpus > 0 else "cpu"
+    cfg = RayServeConfig(
+        num_replicas=args.num_replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests, max_ongoing_requests=args.max_ongoing_requests,
+        replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus, graceful_shutdown_s=args.drain_timeout,
+        host=args.host, port=args.port, app_name=args.app_name, ray_address=args.ray_address,
+    )
+    spec = ReplicaSpec(server_settings(args), engine_config(args, device), args.max_adapters_per_replica)
+    return cfg, spec
+
+
+def serve_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    _setup_logging(args.log_level)
+    try:
+        cfg, spec = ray_serve_config(args)
+    except ValueError as e:
+        parser.error(str(e))
+    from server.ray_serve.launch import run_blocking
+
+    run_blocking(cfg, spec)
+    return 0
+
+
+COMMANDS = {"serve": serve, "serve-ray": serve_ray}
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, Callable[[argparse.Namespace], None]]:
     """The parser, and what to call on its result to fill repeatable flags from the environment."""
     parser = argparse.ArgumentParser(prog="loraplex", description="LoRA-multiplexing LLM server")
     sub = parser.add_subparsers(dest="command", required=True)
-    flags = {"serve": _serve_parser(sub)}
+    flags = {"serve": _serve_parser(sub), "serve-ray": _serve_ray_parser(sub)}
     return parser, lambda args: flags[args.command].finish(args)
 
 
