@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: setup
-	$(VENV)/bin/loraplex serve --adapter-dir server/adapters/demo/adapters $(SERVE_ARGS)
+	$(VENV)/bin/loraplex serve --adapter-dir server/adapters/demo/adapters --router auto=embedding --router arrow=arrow $(SERVE_ARGS)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)

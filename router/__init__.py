@@ -1,12 +1,18 @@
 """The task router: which adapter(s) serve a request that names none.
 
-Here now: Arrow prototypes (top right singular vector of each LoRA delta, computed without forming
-B @ A) and the deterministic rules router. The arrow and embedding routers' scoring on the base
-model's hidden states and the engine/API wiring are the next steps of the router issue.
+Kinds: `embedding` (nearest examples/description, on the base model's token embeddings), `arrow`
+(zero-shot from the adapters' own weights, on the base model's hidden states for the prompt; top-k
+gives mixtures) and `rules` (ordered regexes). Each returns a RouteDecision; server/api/routing.py
+serves them as model names.
 """
 
+from router.arrow import ArrowOptions, ArrowRouter
 from router.decision import RouteDecision
+from router.embedding import EmbeddingRouter
 from router.prototypes import adapter_prototypes, top_right_singular_vector
 from router.rules import RulesRouter
 
-__all__ = ["RouteDecision", "RulesRouter", "adapter_prototypes", "top_right_singular_vector"]
+__all__ = [
+    "ArrowOptions", "ArrowRouter", "EmbeddingRouter", "RouteDecision", "RulesRouter", "adapter_prototypes",
+    "top_right_singular_vector",
+]

@@ -60,7 +60,8 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
           metavar="DIR")
     f.add("--allowed-adapter-root", "where /v1/load_lora_adapter may read from (symlinks and .. resolved)", repeat=True,
           metavar="DIR")
-    f.add("--router", "expose a task router as model NAME: NAME=embedding or NAME=rules:FILE.json", repeat=True,
+    f.add("--router", "expose a task router as model NAME: NAME=embedding, NAME=rules:FILE.json or "
+          "NAME=arrow[:top_k=K,temperature=T,threshold=S]", repeat=True,
           metavar="NAME=KIND")
     f.add("--host", host_help, default="127.0.0.1", metavar="ADDR")
     f.add("--port", port_help, type=int, default=8000, metavar="PORT")

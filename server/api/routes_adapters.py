@@ -42,7 +42,8 @@ def adapter_routes(ctx: ServerContext) -> APIRouter:
             ref = await asyncio.to_thread(registry.register, body.lora_name, path)
         except AdapterError as e:
             raise BadRequest(str(e), "lora_path", code="invalid_adapter") from None
-        ctx.routers.adapter_added(ref)
+        # on the engine thread: Arrow reads its weights (the host cache is the engine's) and measures it
+        await ctx.engine.call(lambda llm: ctx.routers.adapter_added(ref, llm))
         return f"Success: LoRA adapter '{body.lora_name}' added successfully."
 
     @router.post("/unload_lora_adapter", response_class=PlainTextResponse)

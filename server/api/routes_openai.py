@@ -64,11 +64,12 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
         reqs = completion_requests(body, tokenizer, ctx.limits, rid, adapter)
         decision = None
         if router_name:  # one choice per request, made on its first prompt
-            decision = _route(ctx, router_name, tokenizer.decode(reqs[0].prompt_ids, skip_special_tokens=True), reqs)
+            text = tokenizer.decode(reqs[0].prompt_ids, skip_special_tokens=True)
+            decision = await _route(ctx, router_name, text, reqs)
         renderer = CompletionRenderer(
             rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs is not None
         )
-        return await _serve(ctx, request, reqs, renderer, body.stream, reqs[0].adapter, decision)
+        return await _serve(ctx, request, reqs, renderer, body.stream, decision)
 
     @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_STREAMED)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
@@ -79,9 +80,9 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
         if router_name:  # routed on the last user message, not the chat template around it
             users = [m for m in body.messages if m.role == "user"]
             text = _text_of(users[-1].content) if users else ""
-            decision = _route(ctx, router_name, text, [req])
+            decision = await _route(ctx, router_name, text, [req])
         renderer = ChatRenderer(rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs)
-        return await _serve(ctx, request, [req], renderer, body.stream, req.adapter, decision)
+        return await _serve(ctx, request, [req], renderer, body.stream, decision)
 
     return router
 
@@ -90,25 +91,31 @@ def _text_of(content) -> str:
     return content if isinstance(content, str) else " ".join(part.text for part in content or [])
 
 
-def _route(ctx: ServerContext, router_name: str, text: str, reqs: list[EngineRequest]) -> RouteDecision:
-    decision = ctx.routers.route(router_name, text)
+async def _route(ctx: ServerContext, router_name: str, text: str, reqs: list[EngineRequest]) -> RouteDecision:
+    decision = await ctx.routers.route_async(router_name, text, ctx.engine)
     for r in reqs:
-        r.adapter = decision.adapter
-    ctx.metrics.router_choices.labels(router_name, decision.adapter or "").inc()
+        if len(decision.adapters) > 1:  # served as the weighted sum of their deltas
+            r.adapter, r.mixture = None, decision.adapters
+        else:
+            r.adapter = decision.adapter
+    for name, _ in decision.adapters or ((None, 1.0),):
+        ctx.metrics.router_choices.labels(router_name, name or "").inc()
     return decision
 
 
 def _route_info(ctx: ServerContext, decision: RouteDecision) -> tuple[dict, dict[str, str]]:
-    """Body field and header telling the client which adapter a router chose."""
-    name = decision.adapter or ctx.models.base_name
+    """Body field and header telling the client which adapter(s) a router chose."""
     body = {"adapter": decision.adapter, "router": decision.router, "scores": decision.scores,
             "fell_back": decision.fell_back}
-    return body, {"x-loraplex-adapter": name}
+    if len(decision.adapters) > 1:
+        body["mixture"] = [{"adapter": a, "weight": round(w, 4)} for a, w in decision.adapters]
+    header = ",".join(a for a, _ in decision.adapters) if decision.adapters else ctx.models.base_name
+    return body, {"x-loraplex-adapter": header}
 
 
 async def _serve(
     ctx: ServerContext, request: Request, reqs: list[EngineRequest], renderer: Renderer, stream: bool,
-    adapter: str | None, decision: RouteDecision | None = None,
+    decision: RouteDecision | None = None,
 ):
     for r in reqs:
         try:
@@ -116,7 +123,9 @@ async def _serve(
         except ValueError as e:
             raise BadRequest(str(e)) from e
     ticket = ctx.state.admit()
-    stats = RequestStats(ctx.metrics, adapter or ctx.models.base_name, sum(len(r.prompt_ids) for r in reqs))
+    lora = reqs[0].lora()  # metrics label: the adapter, or a mixture's heaviest one
+    label = max(lora, key=lambda p: p[1])[0] if lora else ctx.models.base_name
+    stats = RequestStats(ctx.metrics, label, sum(len(r.prompt_ids) for r in reqs))
     gen = Generation(ctx.engine, reqs, ticket, stats)
     route_body, route_headers = _route_info(ctx, decision) if decision else (None, {})
     if stream:

@@ -2,42 +2,105 @@
 
 import logging
 
+from router.arrow import NEUTRAL_PROMPTS, ArrowOptions, ArrowRouter
 from router.decision import RouteDecision
 from router.embedding import EmbeddingRouter, read_examples
+from router.prototypes import adapter_prototypes
 from router.rules import RulesRouter
-from server.adapters.types import AdapterRef
+from server.adapters.types import AdapterError, AdapterRef
+from server.engine.async_engine import AsyncEngine
 from server.engine.llm_engine import LLMEngine
 
 log = logging.getLogger(__name__)
-KINDS = ("embedding", "rules:PATH")
+KINDS = ("embedding", "rules:PATH", "arrow[:top_k=K,temperature=T,threshold=S]")
+Router = EmbeddingRouter | RulesRouter | ArrowRouter
+
+
+def build_router(engine: LLMEngine, name: str, kind: str) -> Router:
+    if kind == "embedding":
+        return EmbeddingRouter(name, engine.runner.model.model.embed_tokens.weight)
+    if kind.startswith("rules:"):
+        return RulesRouter.from_file(name, kind.removeprefix("rules:"))
+    if kind == "arrow" or kind.startswith("arrow:"):
+        return ArrowRouter(name, ArrowOptions.parse(kind.removeprefix("arrow").removeprefix(":")))
+    raise ValueError(f"--router {name}={kind}: unknown kind (available: {', '.join(KINDS)})")
 
 
 class Routers:
     def __init__(self, engine: LLMEngine, specs: dict[str, str]):
+        self.engine = engine
         self.tokenizer = engine.tokenizer
-        self.routers: dict[str, EmbeddingRouter | RulesRouter] = {}
-        table = engine.runner.model.model.embed_tokens.weight
-        for name, kind in specs.items():
-            if kind == "embedding":
-                self.routers[name] = EmbeddingRouter(name, table)
-            elif kind.startswith("rules:"):
-                self.routers[name] = RulesRouter.from_file(name, kind.removeprefix("rules:"))
-            else:
-                raise ValueError(f"--router {name}={kind}: unknown kind (available: {', '.join(KINDS)})")
+        self.routers: dict[str, Router] = {name: build_router(engine, name, kind) for name, kind in specs.items()}
         for ref in engine.registry:
-            self.adapter_added(ref)
+            self._add(ref)
+        self._calibrate(engine)  # before serving: the engine runs no step yet
 
-    def adapter_added(self, ref: AdapterRef) -> None:
+    def adapter_added(self, ref: AdapterRef, engine: LLMEngine) -> None:
+        """On the engine thread (Arrow reads weights through the engine's host cache and runs passes)."""
+        self._add(ref)
+        self._calibrate(engine)
+
+    def _calibrate(self, engine: LLMEngine) -> None:
+        """Arrow's generic-text reference for adapters added since the last call: one set of passes for all."""
+        arrows = [r for r in self.routers.values() if isinstance(r, ArrowRouter) and r.uncalibrated()]
+        if not arrows:
+            return
+        keys = set().union(*(r.feature_keys(r.uncalibrated()) for r in arrows))
+        limit = min(arrows[0].options.max_tokens, engine.config.max_batch_tokens)
+        neutral = [engine.prompt_features(self.tokenizer(t)["input_ids"][:limit], keys) for t in NEUTRAL_PROMPTS]
+        for r in arrows:
+            r.calibrate(neutral)
+
+    def _add(self, ref: AdapterRef) -> None:
+        """Embeds its examples, and for Arrow reads its weights once for the prototypes."""
         examples = [self.tokenizer(t)["input_ids"] for t in read_examples(ref.path)]
+        arrows = [r for r in self.routers.values() if isinstance(r, ArrowRouter)]
+        prototypes = {}
+        if arrows:
+            try:
+                w = self.engine.registry.weights(ref)
+                prototypes = adapter_prototypes(w.a, w.b)
+            except AdapterError as e:  # its requests will fail with this message; routing skips it
+                log.warning("arrow: no prototypes for %s: %s", ref.name, e)
         for r in self.routers.values():
             if isinstance(r, EmbeddingRouter):
                 r.add(ref.name, examples)
+            elif isinstance(r, ArrowRouter):
+                r.add(ref.name, prototypes)
 
     def adapter_removed(self, name: str) -> None:
         for r in self.routers.values():
-            if isinstance(r, EmbeddingRouter):
+            if isinstance(r, EmbeddingRouter | ArrowRouter):
                 r.remove(name)
 
+    def needs_engine(self, name: str) -> bool:
+        return isinstance(self.routers[name], ArrowRouter)
+
     def route(self, name: str, text: str) -> RouteDecision:
+        """Routers that read only the prompt's text or tokens; Arrow goes through route_async."""
         r = self.routers[name]
-        return r.route(text) if isinstance(r, RulesRouter) else r.route(self.tokenizer(text)["input_ids"])
+        if isinstance(r, RulesRouter):
+            return r.route(text)
+        if isinstance(r, ArrowRouter):
+            ids = self._ids(r, text)
+            return r.route(self.engine.prompt_features(ids, r.feature_keys()) if ids else {})
+        return r.route(self.tokenizer(text)["input_ids"])
+
+    async def route_async(self, name: str, text: str, engine: AsyncEngine) -> RouteDecision:
+        """As route, with Arrow's routing pass run on the engine thread between steps."""
+        r = self.routers[name]
+        if not isinstance(r, ArrowRouter):
+            return self.route(name, text)
+        ids, keys = self._ids(r, text), r.feature_keys()
+        if not ids or not keys:
+            return r.route({})
+        try:
+            features = await engine.call(lambda llm: llm.prompt_features(ids, keys))
+        except RuntimeError as e:  # no pool room for the pass right now: fall back rather than fail
+            log.warning("arrow routing pass skipped: %s", e)
+            return r.route({})
+        return r.route(features)
+
+    def _ids(self, r: ArrowRouter, text: str) -> list[int]:
+        limit = min(r.options.max_tokens, self.engine.config.max_batch_tokens)
+        return self.tokenizer(text)["input_ids"][:limit]

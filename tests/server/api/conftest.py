@@ -2,9 +2,7 @@
 
 import pytest
 
-from tests.server.api.harness import REPO, start_server, stop_server, wait_until
-
-DEMO_ADAPTERS = REPO / "server" / "adapters" / "demo" / "adapters"
+from tests.server.api.harness import DEMO_ADAPTERS, start_server, stop_server, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -47,12 +45,13 @@ def idle(server):
 
 @pytest.fixture(scope="session")
 def routed_server(tmp_path_factory):
-    """The demo adapters behind two routers: `auto` (embedding) and `ops` (rules file)."""
+    """The demo adapters behind routers: `auto` (embedding), `ops` (rules file), `arrow`, `blend` (arrow top-2)."""
     rules = tmp_path_factory.mktemp("rules") / "rules.json"
     rules.write_text('{"rules": [{"pattern": "^Reverse", "adapter": "reverse"}], "default": null}')
     s = start_server(
         tmp_path_factory.mktemp("routed"), "--adapter-dir", str(DEMO_ADAPTERS), "--router", "auto=embedding",
-        "--router", f"ops=rules:{rules}",
+        "--router", f"ops=rules:{rules}", "--router", "arrow=arrow", "--router", "blend=arrow:top_k=2,threshold=1.0",
+        "--allowed-adapter-root", str(DEMO_ADAPTERS),
     )
     yield s
     stop_server(s)

@@ -14,6 +14,7 @@ import openai
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[3]
+DEMO_ADAPTERS = REPO / "server" / "adapters" / "demo" / "adapters"
 MODEL = "SmolLM2-135M-Instruct"
 MAX_MODEL_LEN = 1024
 MAX_TOKENS_CAP = 256
@@ -72,7 +73,12 @@ def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None) 
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Server(proc, f"http://127.0.0.1:{port}", log)
-    wait_healthy(proc, server.url, log)
+    try:
+        wait_healthy(proc, server.url, log)
+    except BaseException:  # never leave a half-started server behind
+        proc.kill()
+        proc.wait()
+        raise
     return server
 
 

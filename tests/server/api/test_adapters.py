@@ -9,8 +9,7 @@ import pytest
 
 from server.engine.llm_engine import EngineRequest
 from server.engine.sampling_params import SamplingParams
-from tests.server.api.conftest import DEMO_ADAPTERS
-from tests.server.api.harness import MODEL
+from tests.server.api.harness import DEMO_ADAPTERS, MODEL
 
 TASKS = ["sentiment", "arithmetic", "reverse", "json_extract"]
 

@@ -2,7 +2,7 @@
 
 import httpx
 
-from tests.server.api.harness import MODEL
+from tests.server.api.harness import DEMO_ADAPTERS, MODEL
 
 SENTIMENT = "Review: The soup was cold and the waiter was rude. Never again.\nSentiment:"
 
@@ -48,3 +48,44 @@ def test_chat_and_streaming_and_rules(routed_server):
 def test_models_lists_routers(routed_server):
     cards = {m.id: m.model_dump() for m in routed_server.client().models.list().data}
     assert cards["auto"]["loraplex_kind"] == "router" and cards["ops"]["loraplex_kind"] == "router"
+
+
+def test_arrow_routes_from_the_adapters_weights(routed_server):
+    body = {"prompt": "Reverse the words: red green blue\nReversed:", "max_tokens": 6, "temperature": 0}
+    routed = post(routed_server, "completions", {**body, "model": "arrow"})
+    named = post(routed_server, "completions", {**body, "model": "reverse"})
+    assert routed.status_code == 200, routed.text
+    info = routed.json()["loraplex"]
+    assert routed.headers["x-loraplex-adapter"] == "reverse" and info["router"] == "arrow"
+    assert info["scores"]["reverse"] == max(info["scores"].values()) and "mixture" not in info
+    assert routed.json()["choices"][0]["text"] == named.json()["choices"][0]["text"]
+    off = post(routed_server, "completions", {"prompt": "Who wrote Hamlet?", "max_tokens": 2, "model": "arrow"})
+    assert off.json()["loraplex"]["fell_back"] and off.headers["x-loraplex-adapter"] == MODEL
+
+
+def test_top2_router_serves_a_mixture(routed_server):
+    prompt = "Extract name, age and city as JSON: Ann Lee is 30 years old and lives in Oslo.\nJSON:"
+    body = {"model": "blend", "prompt": prompt, "max_tokens": 5, "temperature": 0}
+    first = post(routed_server, "completions", body)
+    assert first.status_code == 200, first.text
+    info = first.json()["loraplex"]
+    names = [m["adapter"] for m in info["mixture"]]
+    assert len(names) == 2 and first.headers["x-loraplex-adapter"] == ",".join(names)
+    assert abs(sum(m["weight"] for m in info["mixture"]) - 1) < 1e-3
+    again = post(routed_server, "completions", {**body, "stream": False})
+    assert again.json()["choices"][0]["text"] == first.json()["choices"][0]["text"]  # greedy: same mixture, same text
+    for name in names:
+        assert routed_server.sample("loraplex_router_choices_total", router="blend", adapter=name) >= 2
+
+
+def test_arrow_follows_adapters_loaded_and_unloaded_at_run_time(routed_server):
+    prompt = {"prompt": "Review: what a dreadful, boring film.\nSentiment:", "max_tokens": 1, "model": "arrow"}
+    assert post(routed_server, "completions", prompt).headers["x-loraplex-adapter"] == "sentiment"
+    assert post(routed_server, "unload_lora_adapter", {"lora_name": "sentiment"}).status_code == 200
+    try:
+        assert post(routed_server, "completions", prompt).headers["x-loraplex-adapter"] != "sentiment"
+    finally:
+        loaded = post(routed_server, "load_lora_adapter", {"lora_name": "sentiment",
+                                                           "lora_path": str(DEMO_ADAPTERS / "sentiment")})
+    assert loaded.status_code == 200, loaded.text
+    assert post(routed_server, "completions", prompt).headers["x-loraplex-adapter"] == "sentiment"

@@ -1,0 +1,118 @@
+"""Arrow routing (Ostapenko et al., "Towards Modular LLMs by Building and Reusing a Library of LoRAs").
+
+Zero-shot, from the adapters' own weights: each adapter's prototype at a (layer, module) is the top
+right singular vector v of its delta B @ A (router/prototypes.py), the input direction the adapter
+changes most. A prompt whose projection inputs x line up with v is one the adapter was trained on.
+An adapter's raw score is |cos(x, v)| (no sign: singular vectors have none) averaged over the prompt's
+tokens and the (layer, module) pairs it targets.
+
+Raw scores are not comparable across adapters: how well generic text lines up with v differs by
+adapter, module and rank (on the demo adapters raw scores route 50% of held-out prompts right; Arrow's
+per-token softmax over the adapters sharing a module does no better when adapters target different
+modules). So each adapter's score is its raw score over its raw score on a fixed set of generic,
+task-free prompts (NEUTRAL_PROMPTS), measured once when it registers: "how much more than on any
+text". That stays zero-shot (no task data) and routes 200/200 held-out demo prompts. The top-k
+scores become mixture weights through a softmax at `temperature`; a top score under `threshold`
+(1 = like generic text) falls back.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from router.decision import RouteDecision
+
+Key = tuple[int, str]  # (layer, module name)
+Features = dict[Key, torch.Tensor]  # (layer, module) -> the base model's input to that projection (T, in)
+
+NEUTRAL_PROMPTS = (  # generic requests of no one task: the reference each adapter's score is measured against
+    "The weather today is mild with a light breeze from the west.",
+    "Please write a short story about a dragon who learns to cook.",
+    "What is the capital of Australia, and why was it chosen?",
+    "Summarize the main ideas of the French Revolution in a few sentences.",
+    "def add(a, b):\n    return a + b",
+    "Translate into German: I would like a cup of coffee.",
+    "List three tips for staying productive while working from home.",
+    "Explain how photosynthesis works to a ten year old.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ArrowOptions:
+    top_k: int = 1
+    temperature: float = 0.1  # of the softmax over the top-k scores that gives mixture weights
+    threshold: float = 1.25  # on the top adapter's score (raw over generic-text raw); 0 never falls back
+    max_tokens: int = 256  # the prompt's first tokens are scored, so a long prompt costs a bounded pass
+
+    @classmethod
+    def parse(cls, spec: str) -> "ArrowOptions":
+        """'top_k=2,temperature=0.1,threshold=0.3' (any subset) -> options; ValueError names a bad key."""
+        kw: dict = {}
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or key not in cls.__dataclass_fields__:
+                raise ValueError(f"arrow option {item!r}: expected KEY=VALUE with KEY in "
+                                 f"{', '.join(cls.__dataclass_fields__)}")
+            kw[key] = int(value) if key in ("top_k", "max_tokens") else float(value)
+        opts = cls(**kw)
+        if opts.top_k < 1 or opts.temperature <= 0 or opts.max_tokens < 1:
+            raise ValueError(f"arrow options out of range: {opts}")
+        return opts
+
+
+class ArrowRouter:
+    def __init__(self, name: str, options: ArrowOptions = ArrowOptions(), default: str | None = None):
+        self.name = name
+        self.options = options
+        self.default = default
+        self._protos: dict[str, dict[Key, torch.Tensor]] = {}  # adapter -> key -> v (in,) unit
+        self._baseline: dict[str, float] = {}  # adapter -> raw score on NEUTRAL_PROMPTS; routed once set
+
+    def add(self, adapter: str, prototypes: dict[Key, torch.Tensor]) -> None:
+        """Routable once calibrate() has seen it."""
+        self.remove(adapter)
+        if prototypes:
+            self._protos[adapter] = {k: v.float() for k, v in prototypes.items()}
+
+    def remove(self, adapter: str) -> None:
+        self._protos.pop(adapter, None)
+        self._baseline.pop(adapter, None)
+
+    def uncalibrated(self) -> list[str]:
+        return [a for a in self._protos if a not in self._baseline]
+
+    def feature_keys(self, adapters: list[str] | None = None) -> set[Key]:
+        """The (layer, module) inputs the scores read: what the engine's routing pass must capture."""
+        return {k for a in (self._protos if adapters is None else adapters) for k in self._protos[a]}
+
+    def calibrate(self, neutral: list[Features]) -> None:
+        """neutral: features of NEUTRAL_PROMPTS covering keys(uncalibrated())."""
+        todo = self.uncalibrated()
+        raws = [self._raw(f, todo) for f in neutral]
+        for a in todo:
+            self._baseline[a] = sum(r[a] for r in raws) / len(raws)
+
+    def _raw(self, features: Features, adapters: list[str]) -> dict[str, float]:
+        """Mean |cos(x, v)| over tokens and the adapter's (layer, module) pairs."""
+        unit = {k: torch.nn.functional.normalize(x.float(), dim=-1) for k, x in features.items()}  # (T, in) each
+        out = {}
+        for a in adapters:
+            protos = self._protos[a]
+            assert protos.keys() <= unit.keys(), f"features lack {sorted(protos.keys() - unit.keys())[:3]}"
+            out[a] = float(torch.stack([(unit[k] @ v).abs().mean() for k, v in protos.items()]).mean())
+        return out
+
+    def scores(self, features: Features) -> dict[str, float]:
+        """Each calibrated adapter's raw score over its raw score on generic text (1 = no more than any text)."""
+        raw = self._raw(features, list(self._baseline))
+        return {a: r / self._baseline[a] for a, r in raw.items()}
+
+    def route(self, features: Features) -> RouteDecision:
+        scores = self.scores(features) if features else {}
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        shown = {a: round(s, 4) for a, s in ranked[:5]}
+        if not ranked or ranked[0][1] < self.options.threshold:
+            return RouteDecision(self.name, ((self.default, 1.0),) if self.default else (), shown, fell_back=True)
+        top = [(a, s) for a, s in ranked[: self.options.top_k] if s >= self.options.threshold]
+        weights = (torch.tensor([s for _, s in top]) / self.options.temperature).softmax(0).tolist()
+        return RouteDecision(self.name, tuple((a, w) for (a, _), w in zip(top, weights, strict=True)), shown)
