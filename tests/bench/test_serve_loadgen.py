@@ -117,6 +117,7 @@ def test_summary_counts_throughput_latency_and_slo():
     assert s["ttft_s"]["p50"] == pytest.approx(0.45)
     assert s["slo_attainment"] == pytest.approx(5 / 10)  # TTFT 0.1 ... 0.5 meet it; failures count as misses
     assert s["completion_rate"] == pytest.approx(7 / 0.7)  # 8 completions 0.1 s apart
+    assert s["arrival_rate"] == 0.0  # every request left at 0
 
 
 def test_tpot_needs_two_tokens():
