@@ -341,8 +341,9 @@ def plot(files: list[str], out: str) -> None:
         if len(ns) > 1:
             axes[1][2].plot(ns, [d[n] for n in ns], "o-", label=key)
     axes[1][2].set(xlabel="adapters n", ylabel="output tok/s", title="throughput vs n", xscale="log")
-    if not axes[1][2].lines:
-        axes[1][2].text(0.5, 0.5, "needs results at two or more n", ha="center", transform=axes[1][2].transAxes)
+    for ax, need in zip(axes[1], ("rates", "rates", "n"), strict=True):
+        if not ax.lines:
+            ax.text(0.5, 0.5, f"needs results at two or more {need}", ha="center", transform=ax.transAxes)
     for ax in axes[1]:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

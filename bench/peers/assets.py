@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from server.adapters.synthetic import generate
+from server.adapters.synthetic import SyntheticSpec, generate, make_bank, random_factors, write_config
 from server.config import default_cache_dir
 from server.model.loader import load_weights, resolve_checkpoint
 
@@ -66,6 +66,27 @@ def adapters_dir(n: int, seed: int = ADAPTER_SEED) -> Path:
     return out
 
 
+STRONG_NAME = "strong"
+
+
+def strong_adapter() -> Path:
+    """One extra adapter whose B is 50x the synthetic ones': the synthetic adapters are too weak to flip a
+    greedy token, so this is the one validation uses to see that each system really applies adapters."""
+    out = PEERS_DIR / "adapters-validate" / STRONG_NAME
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    import numpy as np
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(base_model_dir())
+    spec = SyntheticSpec(rank=16, alpha=16.0, use_rslora=False, target_modules=("q_proj", "v_proj"))
+    factors = random_factors(config, spec, np.random.default_rng(7), make_bank(config, 7, torch.float32))
+    tensors = {k: (t * 50 if k.endswith("lora_B.weight") else t).clone() for k, t in factors.items()}
+    write_config(out, spec)
+    save_file(tensors, out / "adapter_model.safetensors")
+    return out
+
+
 def adapter_names(n: int) -> list[str]:
     """The names generate() gives (its width is max(4, digits of n - 1)); the comparison uses n <= 10000."""
     width = max(4, len(str(n - 1)))
@@ -79,6 +100,7 @@ def main() -> None:
     print("base (fp32):", base_model_dir())
     print("base (bf16):", export_base_model())
     print("adapters:   ", adapters_dir(args.n))
+    print("validation: ", strong_adapter())
 
 
 if __name__ == "__main__":

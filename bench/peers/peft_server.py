@@ -221,7 +221,7 @@ def build_app(worker: PeftWorker, served_name: str):
                         if isinstance(item, Exception):
                             yield f"data: {json.dumps({'error': {'message': str(item), 'type': 'internal_error'}})}\n\n"
                             return
-                        yield chunk(worker.tokenizer.decode([item]), None)
+                        yield chunk(worker.tokenizer.decode([item], skip_special_tokens=True), None)
                     yield chunk("", job.finish)
                     if include_usage:
                         yield chunk("", None, usage())
@@ -234,8 +234,8 @@ def build_app(worker: PeftWorker, served_name: str):
             if isinstance(item, Exception):
                 return JSONResponse({"error": {"message": str(item), "type": "internal_error"}}, status_code=500)
         return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": worker.tokenizer.decode(job.tokens), "logprobs": None,
-                             "finish_reason": job.finish}], "usage": usage()}
+                "choices": [{"index": 0, "text": worker.tokenizer.decode(job.tokens, skip_special_tokens=True),
+                             "logprobs": None, "finish_reason": job.finish}], "usage": usage()}
 
     return app
 
@@ -245,6 +245,7 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="HF model directory")
     ap.add_argument("--served-model-name", default="SmolLM2-135M-Instruct")
     ap.add_argument("--adapter-dir", default=None, help="every subfolder with adapter_config.json, named by folder")
+    ap.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH", help="one more adapter")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8301)
     ap.add_argument("--max-batch", type=int, default=32, help="most requests (one adapter) in a batch")
@@ -255,6 +256,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     adapters = {p.parent.name: p.parent for p in Path(args.adapter_dir).glob("*/adapter_config.json")} \
         if args.adapter_dir else {}
+    adapters |= {name: Path(path) for name, _, path in (a.partition("=") for a in args.adapter)}
     worker = PeftWorker(args.model, adapters, args.max_batch, args.max_loaded)
     import uvicorn
 

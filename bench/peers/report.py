@@ -161,7 +161,7 @@ def validation_lines(out_dir: Path) -> list[str]:
              for f in sorted(out_dir.glob("*_validation.json"))}
     if not found:
         return []
-    lines = ["## Validation (greedy, 2 prompts x base + 2 adapters, 8 tokens, before timing)", "",
+    lines = ["## Validation (greedy, 8 tokens, 2 prompts x {base, `strong`, synth-0000}; bench/peers/validate.py)", "",
              "| system | adapters change the output | identical to loraplex | same first 8 characters |",
              "|---|---|---|---|"]
     ours = found.get(BASELINE)
@@ -208,4 +208,8 @@ def write_report(out_dir: Path) -> None:
               if r["meta"]["tag"].startswith("sweep_") or r["meta"]["tag"] == "grid_n100_a1"]
     if curves:
         serve.plot(curves, str(out_dir / "latency_and_rate.png"))
+    grid = [str(out_dir / f"{r['label']}_{r['meta']['tag']}.json") for r in results
+            if r["meta"]["tag"].startswith("grid_") and r["workload"]["alpha"] >= 1]
+    if grid:
+        serve.plot(grid, str(out_dir / "latency_and_n.png"))
     print((out_dir / "summary.md").read_text())

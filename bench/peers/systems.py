@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.peers import process, vllm_cpu
-from bench.peers.assets import adapters_dir, base_model_dir
+from bench.peers.assets import STRONG_NAME, adapters_dir, base_model_dir, strong_adapter
 
 REPO = Path(__file__).resolve().parents[2]
 SERVED_NAME = "SmolLM2-135M-Instruct"
@@ -29,7 +29,7 @@ def _loraplex(port: int, n: int, log: Path) -> process.ServerProcess:
     cmd = [str(REPO / ".venv" / "bin" / "loraplex"), "serve", "--port", str(port), "--pool-mb", "2048",
            "--adapter-cache-mb", "4096", "--num-threads", COMPUTE_THREADS, "--log-level", "warning"]
     if n:
-        cmd += ["--adapter-dir", str(adapters_dir(n))]
+        cmd += ["--adapter-dir", str(adapters_dir(n)), "--adapter", f"{STRONG_NAME}={strong_adapter()}"]
     return process.start("loraplex", cmd, port, log, cwd=REPO)
 
 
@@ -37,7 +37,7 @@ def _peft(port: int, n: int, log: Path) -> process.ServerProcess:
     cmd = [sys.executable, "-m", "bench.peers.peft_server", "--model", str(base_model_dir()), "--port", str(port),
            "--served-model-name", SERVED_NAME, "--threads", COMPUTE_THREADS]
     if n:
-        cmd += ["--adapter-dir", str(adapters_dir(n))]
+        cmd += ["--adapter-dir", str(adapters_dir(n)), "--adapter", f"{STRONG_NAME}={strong_adapter()}"]
     return process.start("peft", cmd, port, log, cwd=REPO)
 
 

@@ -1,5 +1,8 @@
 """Before timing: each system's greedy outputs for the base model and two adapters, and whether they agree.
 
+The adapter that must change the output is assets.strong_adapter() (B 50x the synthetic ones'); the
+synthetic adapters are too weak to flip a greedy token over 8 tokens, so they only show agreement.
+
     python -m bench.peers.validate --out-dir bench/results/serve --systems loraplex,peft,vllm-cpu
 
 An adapter whose output equals the base model's was not applied; loraplex and the PEFT server both
@@ -14,10 +17,11 @@ from pathlib import Path
 import httpx
 
 from bench.peers import process
+from bench.peers.assets import STRONG_NAME
 from bench.peers.systems import SERVED_NAME, SYSTEMS
 
 PROMPTS = [[9519, 314, 253, 1397, 28, 253, 3567, 2040], [504, 2986, 282, 4155, 314, 216, 33, 30, 216]]
-MODELS = [SERVED_NAME, "synth-0000", "synth-0001"]
+MODELS = [SERVED_NAME, STRONG_NAME, "synth-0000"]
 NEW_TOKENS = 8
 
 
@@ -37,8 +41,9 @@ def greedy_outputs(url: str) -> dict[str, list[str]]:
 
 def check(outputs: dict[str, list[str]]) -> dict:
     base = outputs[SERVED_NAME]
-    return {"outputs": outputs,
-            "adapters_change_output": all(outputs[m] != base for m in MODELS[1:])}
+    return {"outputs": outputs, "adapters_change_output": outputs[STRONG_NAME] != base,
+            # the synthetic adapters (B ~ N(0, 0.02)) rarely move a greedy token: informational only
+            "synthetic_changes_output": outputs["synth-0000"] != base}
 
 
 def agreement(a: dict[str, list[str]], b: dict[str, list[str]]) -> dict[str, float]:

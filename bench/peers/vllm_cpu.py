@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from bench.peers import process
-from bench.peers.assets import PEERS_DIR, adapter_names, adapters_dir, export_base_model
+from bench.peers.assets import PEERS_DIR, STRONG_NAME, adapter_names, adapters_dir, export_base_model, strong_adapter
 
 VENV = Path(os.environ.get("VLLM_VENV", PEERS_DIR / "vllm-venv"))
 SERVED_NAME = "SmolLM2-135M-Instruct"
@@ -49,7 +49,7 @@ def start(port: int, n: int, log: Path, dtype: str = "bfloat16", max_loras: int 
         raise RuntimeError(f"no vLLM venv at {VENV}: run bench/peers/install_vllm.sh")
     model = export_base_model()
     root = adapters_dir(n) if n else None
-    adapters = {name: root / name for name in adapter_names(n)} if root else {}
+    adapters = {name: root / name for name in adapter_names(n)} | {STRONG_NAME: strong_adapter()} if root else {}
     return process.start(f"vllm-cpu-{dtype}", command(port, model, adapters, dtype, max_loras, extra=extra), port, log,
                          deadline_s=900)
 
