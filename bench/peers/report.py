@@ -84,17 +84,18 @@ def headline(results: list[dict]) -> tuple[list[str], dict]:
                      f"{s['slo_attainment']:.0%} | {s['errors']} | "
                      f"{_ratio(sat.get(BASELINE, 0), sat.get(system, 0))} |")
     checks = {}
-    if BASELINE in at100 and "vllm-cpu" in at100:
-        p99 = lambda sys_: at100[sys_]["summary"]["ttft_s"]["p99"] or math.inf  # noqa: E731
-        checks["loraplex >= 5x vLLM-CPU throughput at n=100"] = (
-            sat[BASELINE] >= 5 * sat["vllm-cpu"], f"{_ratio(sat[BASELINE], sat['vllm-cpu'])}")
-        checks["loraplex p99 TTFT no worse than vLLM-CPU at n=100"] = (
-            p99(BASELINE) <= p99("vllm-cpu"), f"{p99(BASELINE) * 1e3:,.0f} vs {p99('vllm-cpu') * 1e3:,.0f} ms")
-    if BASELINE in at100 and "vllm-cpu" in base:
-        ours = at100[BASELINE]["summary"]["output_tok_per_s"]
-        theirs = base["vllm-cpu"]["summary"]["output_tok_per_s"]
-        checks["loraplex serving 100 adapters faster than vLLM-CPU serving the base alone"] = (
-            ours > theirs, f"{ours:.1f} vs {theirs:.1f} output tok/s")
+    p99 = lambda sys_: at100[sys_]["summary"]["ttft_s"]["p99"] or math.inf  # noqa: E731
+    for peer in ("vllm-cpu", "vllm-cpu-fp32"):
+        if BASELINE in at100 and peer in at100:
+            checks[f"loraplex >= 5x {peer} throughput at n=100"] = (
+                sat[BASELINE] >= 5 * sat[peer], f"{_ratio(sat[BASELINE], sat[peer])}")
+            checks[f"loraplex p99 TTFT no worse than {peer} at n=100"] = (
+                p99(BASELINE) <= p99(peer), f"{p99(BASELINE) * 1e3:,.0f} vs {p99(peer) * 1e3:,.0f} ms")
+        if BASELINE in at100 and peer in base:
+            # both saturated: loraplex's best rate at n = 100 against the peer's base model pushed past its own
+            theirs = base[peer]["summary"]["req_per_s"]
+            checks[f"loraplex serving 100 adapters faster than {peer} serving the base alone"] = (
+                sat[BASELINE] > theirs, f"{sat[BASELINE]:.3f} vs {theirs:.3f} req/s, saturated")
     if BASELINE in at100 and "peft" in at100:
         checks["loraplex >= 10x the PEFT server at n=100"] = (
             sat[BASELINE] >= 10 * sat["peft"], f"{_ratio(sat[BASELINE], sat['peft'])}")
@@ -102,9 +103,9 @@ def headline(results: list[dict]) -> tuple[list[str], dict]:
     for system, r in sorted(at1000.items(), key=lambda kv: _rank(kv[0])):
         s, ref = r["summary"], at100.get(system, {}).get("summary")
         kept = s["output_tok_per_s"] / ref["output_tok_per_s"] if ref and ref["output_tok_per_s"] else 0.0
-        checks[f"{system} at n=1000"] = (s["errors"] == 0 and kept >= 0.5,
-                                         f"{s['completed']}/{s['sent']} completed, {s['errors']} errors, "
-                                         f"{kept:.0%} of its n=100 throughput")
+        name = f"{system} serves n=1000 without errors at >= 50% of its n=100 throughput"
+        checks[name] = (s["errors"] == 0 and kept >= 0.5, f"{s['completed']}/{s['sent']} completed, "
+                        f"{s['errors']} errors, {kept:.0%} of its n=100 throughput")
     return lines, checks
 
 
