@@ -82,15 +82,15 @@ class ModelRunner:
         """
         slot_of: dict[tuple[int, float], int] = {}
         row_slots: list[int] = []
-        entries: list[tuple[int, int]] = []  # (slot, token row)
-        mixed = False
+        entries: list[tuple[int, int]] = []  # (slot, token row), only built when a sequence mixes
+        mixed = any(len(c.seq.lora) > 1 for c in out.chunks)
         row = 0
         for chunk in out.chunks:
-            lora = chunk.seq.lora
-            slots = [slot_of.setdefault(pair, len(slot_of)) for pair in lora]
-            mixed |= len(slots) > 1
-            row_slots += [slots[0] if slots else -1] * chunk.num_tokens
-            entries += [(s, r) for s in slots for r in range(row, row + chunk.num_tokens)]
+            slots = [slot_of.setdefault(pair, len(slot_of)) for pair in chunk.seq.lora]
+            if mixed:
+                entries += [(s, r) for s in slots for r in range(row, row + chunk.num_tokens)]
+            else:
+                row_slots += [slots[0] if slots else -1] * chunk.num_tokens
             row += chunk.num_tokens
         if not slot_of:
             return None
