@@ -39,6 +39,10 @@ class RowGroups:
     # spans index the T rows directly (no gather).
     order: torch.Tensor | None
     scales: torch.Tensor  # (n, 1) float32, each of those rows' scaling; 0 for base-only rows
+    # The same groups as flat tensors for the C kernel (kernels/cpu), which indexes rows in place:
+    rows: torch.Tensor  # (n,) int64, token row of each grouped row (order, or 0..T-1 when order is None)
+    table: torch.Tensor  # (G, 3) int64, per group (start, end, rank) into `rows`
+    group_scalings: torch.Tensor  # (G,) float32
 
 
 @dataclass(slots=True)
@@ -132,4 +136,13 @@ def _group_rows(row_slots, seg_indptr, seg_slots, ranks, scalings) -> RowGroups:
         starts = [0, *ends[:-1]]
     spans = list(zip(starts, ends, ranks[slots].tolist(), scalings[slots].tolist(), strict=True))
     scales = torch.where(rows >= 0, scalings[rows.clamp(min=0)], 0.0)[:, None]  # (n, 1)
-    return RowGroups(slots=slots, spans=spans, order=order, scales=scales)
+    table = torch.tensor([s[:3] for s in spans], dtype=torch.int64).reshape(-1, 3)  # (G, 3)
+    return RowGroups(
+        slots=slots,
+        spans=spans,
+        order=order,
+        scales=scales,
+        rows=torch.arange(row_slots.shape[0]) if order is None else order,
+        table=table,
+        group_scalings=scalings[slots].float(),
+    )

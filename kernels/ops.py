@@ -1,4 +1,4 @@
-"""The one place that picks a kernel: Triton on CUDA tensors, the torch twin elsewhere."""
+"""The one place that picks a kernel: Triton on CUDA; on CPUs the C LoRA kernel (if it builds), else the twin."""
 
 import os
 
@@ -77,6 +77,10 @@ def apply_per_entry(apply, x, out, pool, a_offsets, b_offsets, info) -> None:
 def _lora_apply_rows(x, out, pool, a_offsets, b_offsets, info) -> None:
     if _use_triton(x):
         return lora_expand(lora_shrink(x, pool, a_offsets, info), out, pool, b_offsets, info)
+    from kernels.cpu import lora as cpu_lora
+
+    if not _FORCE_TORCH and cpu_lora.available(x):
+        return cpu_lora.lora_apply(x, out, pool, a_offsets, b_offsets, info)
     from kernels.torch.lora import lora_apply as apply_twin  # fuses shrink and expand per adapter
 
     return apply_twin(x, out, pool, a_offsets, b_offsets, info)

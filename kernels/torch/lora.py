@@ -24,7 +24,7 @@ def _native_half_gemm() -> bool:
 _NATIVE_HALF = _native_half_gemm()
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype == torch.float32 or _NATIVE_HALF else torch.float32
 
 
@@ -39,7 +39,7 @@ def lora_shrink(
     if not groups.spans:
         return x.new_zeros(T, info.max_rank)
     assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == x.dtype
-    cdt = _compute_dtype(x.dtype)
+    cdt = compute_dtype(x.dtype)
     base, offsets = pool.storage_offset(), a_offsets[groups.slots].tolist()
     order = None if groups.order is None else groups.order.to(x.device)
     xs = (x if order is None else x.index_select(0, order)).to(cdt)  # (n, in) rows grouped by slot
@@ -67,7 +67,7 @@ def lora_expand(
     if not groups.spans:
         return
     assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == out.dtype
-    cdt = _compute_dtype(out.dtype)
+    cdt = compute_dtype(out.dtype)
     base, offsets = pool.storage_offset(), b_offsets[groups.slots].tolist()
     order = None if groups.order is None else groups.order.to(y.device)
     ys = y if order is None else y.index_select(0, order)  # (n, max_rank)
@@ -99,7 +99,7 @@ def lora_apply(
         return
     assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == x.dtype == out.dtype
     d_in, d_out = x.shape[1], out.shape[1]
-    cdt = _compute_dtype(x.dtype)
+    cdt = compute_dtype(x.dtype)
     base = pool.storage_offset()
     a_offs, b_offs = a_offsets[groups.slots].tolist(), b_offsets[groups.slots].tolist()
     xs = x.to(cdt)  # (T, in)

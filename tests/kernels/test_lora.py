@@ -1,4 +1,5 @@
-"""LoRA shrink/expand: the torch twins and the Triton SGMV/BGMV kernels against the row-by-row reference.
+"""LoRA shrink/expand: the torch twins, the CPU C kernel and the Triton SGMV/BGMV kernels against the
+row-by-row reference.
 
 Punica-style sweeps: dtype x (in, out) x rank x batch x adapter popularity. Adapter factors sit at
 shuffled, unaligned pool offsets with NaN between them, so a read outside a slot's own factors
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from kernels import ops
+from kernels.cpu import lora as cpu_lora
 from kernels.lora_batch import LoRABatchInfo, segments_from_row_slots
 from kernels.lora_reference import lora_reference, shrink_reference
 from kernels.torch.lora import lora_apply, lora_expand, lora_shrink
@@ -26,6 +28,7 @@ except ImportError as e:
     _TRITON_ERROR = e
 
 needs_triton = triton_skip(_TRITON_ERROR)
+needs_cc = pytest.mark.skipif(not cpu_lora.available(torch.zeros(1)), reason="no C compiler: the CPU kernel is off")
 
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 DTYPES = [torch.float32, torch.bfloat16]
@@ -137,6 +140,20 @@ def _run(runner, args):
     return out
 
 
+def _cpu(small_rows: int):
+    """The C kernel for groups of up to `small_rows` rows, GEMMs for the rest; y from the twin's shrink."""
+
+    def run(x, out, pool, a_off, b_off, info):
+        saved, cpu_lora.SMALL_GROUP_ROWS = cpu_lora.SMALL_GROUP_ROWS, small_rows
+        try:
+            cpu_lora.lora_apply(x, out, pool, a_off, b_off, info)
+        finally:
+            cpu_lora.SMALL_GROUP_ROWS = saved
+        return lora_shrink(x, pool, a_off, info)
+
+    return run
+
+
 @pytest.mark.parametrize("popularity", POPULARITY)
 @pytest.mark.parametrize("T", BATCHES)
 @pytest.mark.parametrize("rank", RANKS)
@@ -146,6 +163,17 @@ def test_twin_sweep(dtype, size, rank, T, popularity):
     args = _case(dtype, size, rank, T, popularity)
     _run(_two_pass(lora_shrink, lora_expand), args)
     _run(_fused, args)
+
+
+@needs_cc
+@pytest.mark.parametrize("small_rows", [0, 2, 10**6], ids=["all-gemm", "split", "all-c"])
+@pytest.mark.parametrize("popularity", POPULARITY)
+@pytest.mark.parametrize("T", BATCHES)
+@pytest.mark.parametrize("rank", RANKS)
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cpu_kernel_sweep(dtype, size, rank, T, popularity, small_rows):
+    _run(_cpu(small_rows), _case(dtype, size, rank, T, popularity))
 
 
 # (in, out), rank, batch, popularity: every popularity, every rank kind, both grid edges.
@@ -175,6 +203,8 @@ def _runners():
         pytest.param(_two_pass(lora_shrink, lora_expand), id="twin"),
         pytest.param(_fused, id="twin-fused"),
         pytest.param(_two_pass(ops.lora_shrink, ops.lora_expand), id="ops"),
+        pytest.param(_cpu(cpu_lora.SMALL_GROUP_ROWS), id="cpu", marks=needs_cc),
+        pytest.param(_cpu(1), id="cpu-split", marks=needs_cc),
     ]
     if not needs_triton.args[0]:  # triton runnable here
         runners += [
@@ -303,7 +333,10 @@ def test_mixture_entries_sum_weighted_deltas(runner):
     pairs = sorted({p for m in mixes for p in m})  # a slot per (adapter, weight), as the runner builds them
     entries = sorted((pairs.index(p), row) for row, m in enumerate(mixes) for p in m)
     info = LoRABatchInfo.from_row_slots(
-        [s for s, _ in entries], [ranks[a] for a, _ in pairs], [scalings[a] * w for a, w in pairs], DEVICE,
+        [s for s, _ in entries],
+        [ranks[a] for a, _ in pairs],
+        [scalings[a] * w for a, w in pairs],
+        DEVICE,
         entry_rows=[r for _, r in entries],
     )
     a_slots = torch.tensor([a for a, _ in pairs], device=DEVICE)
@@ -322,3 +355,18 @@ def test_mixture_entries_sum_weighted_deltas(runner):
         out = out0.clone()
         ops.lora_apply(x, out, pool, a_off[a_slots], b_off[a_slots], info)
         torch.testing.assert_close(out.cpu(), expect, **TOL[torch.float32])
+
+
+@needs_cc
+def test_ops_serves_cpu_rows_with_the_c_kernel(monkeypatch):
+    calls = []
+    real = cpu_lora.lora_apply
+    monkeypatch.setattr(cpu_lora, "lora_apply", lambda *a: calls.append(1) or real(*a))
+    args = _case(torch.float32, (64, 64), "mixed", 5, "distinct", seed=3)
+
+    def run(x, out, pool, a_off, b_off, info):
+        ops.lora_apply(x, out, pool, a_off, b_off, info)
+        return lora_shrink(x, pool, a_off, info)
+
+    _run(run, args)
+    assert calls == ([1] if DEVICE == "cpu" else [])
