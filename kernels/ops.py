@@ -26,6 +26,10 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, context_lens, scal
         from kernels.triton.paged_attention import paged_attention_decode_fwd
 
         return paged_attention_decode_fwd(q, k_cache, v_cache, block_tables, context_lens, scale)
+    from kernels.cpu import paged_attention as cpu_attention
+
+    if not _FORCE_TORCH and cpu_attention.available(q):
+        return cpu_attention.paged_attention_decode(q, k_cache, v_cache, block_tables, context_lens, scale)
     return torch_ops.paged_attention_decode(q, k_cache, v_cache, block_tables, context_lens, scale)
 
 

@@ -21,16 +21,9 @@ from server.config import default_cache_dir
 log = logging.getLogger(__name__)
 
 # Reassociation lets the compiler vectorise the dot products; NaN and inf keep their meaning.
-CFLAGS = [
-    "-O3",
-    "-march=native",
-    "-fno-math-errno",
-    "-fassociative-math",
-    "-fno-signed-zeros",
-    "-fno-trapping-math",
-    "-shared",
-    "-fPIC",
-]
+CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+# -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
+EXTRA_FLAGS = {"paged_attention": ["-fopenmp", "-ffast-math"]}
 
 
 def _cpu_flags() -> str:
@@ -48,26 +41,18 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     src = Path(__file__).with_name(f"{name}.c")
     compiler = shutil.which(os.environ.get("CC", "cc"))
-    key = hashlib.sha256(
-        b"\0".join(
-            [
-                src.read_bytes(),
-                " ".join(CFLAGS).encode(),
-                platform.machine().encode(),
-                _cpu_flags().encode(),
-                str(compiler).encode(),
-            ]
-        )
-    ).hexdigest()[:16]
+    flags = [*CFLAGS, *EXTRA_FLAGS.get(name, []), "-shared", "-fPIC"]
+    facts = [src.read_bytes(), " ".join(flags).encode(), platform.machine().encode(), _cpu_flags().encode()]
+    key = hashlib.sha256(b"\0".join([*facts, str(compiler).encode()])).hexdigest()[:16]
     target = default_cache_dir() / "kernels" / f"{name}-{key}.so"
     if not target.exists():
         if compiler is None:
-            log.warning("no C compiler (cc): the CPU LoRA kernel falls back to the torch twin")
+            log.warning("no C compiler (cc): %s falls back to its torch twin", src.name)
             return None
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             so = Path(tmp) / target.name
-            run = subprocess.run([compiler, *CFLAGS, "-o", str(so), str(src)], capture_output=True, text=True)
+            run = subprocess.run([compiler, *flags, "-o", str(so), str(src), "-lm"], capture_output=True, text=True)
             if run.returncode != 0:
                 log.warning("building %s failed, using the torch twin: %s", src.name, run.stderr.strip()[-2000:])
                 return None

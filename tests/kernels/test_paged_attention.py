@@ -1,4 +1,4 @@
-"""Paged attention: the torch twins against dense attention, the Triton kernels against the twins.
+"""Paged attention: the torch twins against dense attention, the Triton and CPU C kernels against the twins.
 
 Triton runs under its interpreter on CPU tensors unless TRITON_INTERPRET=0 is set on a CUDA machine.
 """
@@ -6,6 +6,8 @@ Triton runs under its interpreter on CPU tensors unless TRITON_INTERPRET=0 is se
 import pytest
 import torch
 
+from kernels import ops
+from kernels.cpu import paged_attention as cpu_attention
 from kernels.torch import paged_attention_decode, paged_attention_prefill
 from tests.kernels.triton_support import DEVICE, triton_skip  # sets TRITON_INTERPRET before kernels.triton loads
 
@@ -17,6 +19,9 @@ except ImportError as e:
     _TRITON_ERROR = e
 
 needs_triton = triton_skip(_TRITON_ERROR)
+needs_cc = pytest.mark.skipif(
+    not cpu_attention.available(torch.zeros(1)), reason="no C compiler: the CPU kernel is off"
+)
 
 NUM_LAYERS = 2
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
@@ -123,6 +128,49 @@ def test_decode_triton_matches_twin(case, dtype):
     out = paged_attention_decode_fwd(*args)
     assert out.shape == args[0].shape and out.dtype == dtype
     torch.testing.assert_close(out, paged_attention_decode(*args), **TOL[dtype])
+
+
+@needs_cc
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", [*DECODE_CASES, (16, 3, 3, 64, [300, 1, 33, 129, 64])], ids=str)
+def test_decode_cpu_matches_twin(case, dtype, threads):
+    args = _decode_inputs(case, dtype)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = cpu_attention.paged_attention_decode(*args)
+    finally:
+        torch.set_num_threads(saved)
+    assert out.shape == args[0].shape and out.dtype == dtype
+    torch.testing.assert_close(out, paged_attention_decode(*args), **TOL[dtype])
+
+
+@needs_cc
+def test_decode_dispatch_uses_cpu_kernel(monkeypatch):
+    calls = []
+    real = cpu_attention.paged_attention_decode
+    monkeypatch.setattr(cpu_attention, "paged_attention_decode", lambda *a: calls.append(1) or real(*a))
+    args = _decode_inputs(DECODE_CASES[0], torch.float32)
+    torch.testing.assert_close(ops.paged_attention_decode(*args), paged_attention_decode(*args), **TOL[torch.float32])
+    assert calls == ([1] if DEVICE == "cpu" else [])
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda a: (*a[:3], a[3].long(), *a[4:]),  # int64 block tables
+        lambda a: (a[0], a[1].float(), *a[2:]),  # caches of mixed dtypes
+        lambda a: (a[0][:, :, :8].contiguous(), *a[1:]),  # head dims disagree
+        lambda a: (a[0], a[1].transpose(2, 3), a[2].transpose(2, 3), *a[3:]),  # caches not (kvh, hd) rows
+    ],
+    ids=["table-int64", "cache-dtype", "head-dim", "cache-layout"],
+)
+def test_decode_cpu_rejects_bad_inputs(spoil):
+    args = _decode_inputs(DECODE_CASES[0], torch.bfloat16)
+    with pytest.raises(AssertionError):
+        cpu_attention.paged_attention_decode(*spoil(args))
 
 
 @needs_triton
