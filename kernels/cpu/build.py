@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 # Reassociation lets the compiler vectorise the dot products; NaN and inf keep their meaning.
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
-EXTRA_FLAGS = {"paged_attention": ["-fopenmp", "-ffast-math"]}
+EXTRA_FLAGS = {"paged_attention": ["-fopenmp", "-ffast-math"], "lora": ["-fopenmp"]}
 
 
 def _cpu_flags() -> str:

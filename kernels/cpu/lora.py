@@ -60,6 +60,7 @@ def lora_apply(
         _ptr(a_offs),
         _ptr(b_offs),
         ctypes.c_int64(SMALL_GROUP_ROWS),
+        ctypes.c_int64(torch.get_num_threads()),
     )
     assert status == 0, f"lora.c refused the shapes (status {status}, in={d_in}, max rank {info.max_rank})"
     large = [g for g, (start, end, _, _) in enumerate(groups.spans) if end - start > SMALL_GROUP_ROWS]
