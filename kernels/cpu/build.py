@@ -1,8 +1,8 @@
 """Compile a C kernel of this folder once per host and load it with ctypes; None when no compiler.
 
-The shared object is cached under the loraplex cache dir, keyed by the source, the flags and the
-CPU's feature flags (it is built with -march=native), so a restart loads it at once and an image
-moved to another CPU rebuilds instead of faulting on an unknown instruction.
+The shared object is cached under the loraplex cache dir, keyed by the source (headers included),
+the flags and the CPU's feature flags (it is built with -march=native), so a restart loads it at
+once and an image moved to another CPU rebuilds instead of faulting on an unknown instruction.
 """
 
 import ctypes
@@ -34,6 +34,11 @@ def _cpu_flags() -> str:
         return ""
 
 
+def ptr(t) -> ctypes.c_void_p:
+    """A tensor's data pointer for a ctypes call (the caller has checked dtype and layout)."""
+    return ctypes.c_void_p(t.data_ptr())
+
+
 @cache
 def load(name: str) -> ctypes.CDLL | None:
     """kernels/cpu/<name>.c as a loaded library, built on first use; None (logged) if it cannot be."""
@@ -42,7 +47,8 @@ def load(name: str) -> ctypes.CDLL | None:
     src = Path(__file__).with_name(f"{name}.c")
     compiler = shutil.which(os.environ.get("CC", "cc"))
     flags = [*CFLAGS, *EXTRA_FLAGS.get(name, []), "-shared", "-fPIC"]
-    facts = [src.read_bytes(), " ".join(flags).encode(), platform.machine().encode(), _cpu_flags().encode()]
+    headers = [h.read_bytes() for h in sorted(src.parent.glob("*.h"))]
+    facts = [src.read_bytes(), *headers, " ".join(flags).encode(), platform.machine().encode(), _cpu_flags().encode()]
     key = hashlib.sha256(b"\0".join([*facts, str(compiler).encode()])).hexdigest()[:16]
     target = default_cache_dir() / "kernels" / f"{name}-{key}.so"
     if not target.exists():

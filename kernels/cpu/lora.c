@@ -6,22 +6,8 @@
    row-major at their pool offsets; both inner loops are contiguous dot products, vectorised by the
    compiler (reassociation allowed, NaN semantics kept). */
 #include <stdint.h>
-#include <string.h>
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {  /* round to nearest even, as torch does */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
 #define MAX_IN 65536  /* x row buffer on the stack: 256 KiB */
 #define MAX_RANK 256

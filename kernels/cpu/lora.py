@@ -10,7 +10,7 @@ import ctypes
 
 import torch
 
-from kernels.cpu.build import load
+from kernels.cpu.build import load, ptr
 from kernels.lora_batch import LoRABatchInfo
 from kernels.torch.lora import compute_dtype
 
@@ -21,10 +21,6 @@ _FUNCS = {torch.float32: "lora_apply_f32", torch.bfloat16: "lora_apply_bf16"}
 
 def available(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _FUNCS and load("lora") is not None
-
-
-def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
 
 
 def lora_apply(
@@ -46,19 +42,19 @@ def lora_apply(
     a_offs = a_offsets[groups.slots].contiguous()  # (G,)
     b_offs = b_offsets[groups.slots].contiguous()  # (G,)
     status = getattr(load("lora"), _FUNCS[x.dtype])(
-        _ptr(x),
+        ptr(x),
         ctypes.c_int64(x.stride(0)),
-        _ptr(out),
+        ptr(out),
         ctypes.c_int64(out.stride(0)),
-        _ptr(pool),
+        ptr(pool),
         ctypes.c_int64(d_in),
         ctypes.c_int64(d_out),
         ctypes.c_int64(len(groups.spans)),
-        _ptr(groups.rows),
-        _ptr(groups.table),
-        _ptr(groups.group_scalings),
-        _ptr(a_offs),
-        _ptr(b_offs),
+        ptr(groups.rows),
+        ptr(groups.table),
+        ptr(groups.group_scalings),
+        ptr(a_offs),
+        ptr(b_offs),
         ctypes.c_int64(SMALL_GROUP_ROWS),
         ctypes.c_int64(torch.get_num_threads()),
     )

@@ -6,24 +6,11 @@
    kv head) task reads its keys and values once, for all the query heads that share them (GQA).
    Tasks run on the OpenMP pool torch already loaded (same libgomp). Built with -ffast-math: every
    score is finite (only visible keys are visited), and the exps then vectorise. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
-#include <math.h>
 
-static inline float bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; inputs are finite here */
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+#include "bf16.h"
 
 #define MAX_GROUP 16 /* query heads per kv head; with MAX_HEAD_DIM, 32 KiB of stack per task */
 #define MAX_HEAD_DIM 256

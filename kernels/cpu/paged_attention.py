@@ -5,17 +5,13 @@ import ctypes
 
 import torch
 
-from kernels.cpu.build import load
+from kernels.cpu.build import load, ptr
 
 _FUNCS = {torch.float32: "paged_decode_f32", torch.bfloat16: "paged_decode_bf16"}
 
 
 def available(q: torch.Tensor) -> bool:
     return q.device.type == "cpu" and q.dtype in _FUNCS and load("paged_attention") is not None
-
-
-def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
-    return ctypes.c_void_p(t.data_ptr())
 
 
 def paged_attention_decode(
@@ -35,8 +31,8 @@ def paged_attention_decode(
     assert block_tables.shape[0] == B and context_lens.shape == (B,) and context_lens.is_contiguous()
     out = torch.empty_like(q)
     status = getattr(load("paged_attention"), _FUNCS[q.dtype])(
-        _ptr(q), _ptr(k_cache), _ptr(v_cache), ctypes.c_int64(k_cache.stride(0)),
-        _ptr(block_tables), ctypes.c_int64(block_tables.stride(0)), _ptr(context_lens), _ptr(out),
+        ptr(q), ptr(k_cache), ptr(v_cache), ctypes.c_int64(k_cache.stride(0)),
+        ptr(block_tables), ctypes.c_int64(block_tables.stride(0)), ptr(context_lens), ptr(out),
         ctypes.c_int64(B), ctypes.c_int64(H), ctypes.c_int64(kvh), ctypes.c_int64(hd), ctypes.c_int64(bs),
         ctypes.c_float(scale), ctypes.c_int64(torch.get_num_threads()),
     )  # fmt: skip
