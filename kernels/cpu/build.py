@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
 EXTRA_FLAGS = {"paged_attention": ["-fopenmp", "-ffast-math"], "lora": ["-fopenmp"]}
+# Linked without -ffast-math: gcc < 13 would add crtfastmath.o to the .so, whose constructor turns on
+# flush-to-zero for the whole process when it loads (subnormals vanish everywhere, not just here).
+LINK_FLAGS = ["-shared", "-fopenmp"]
 
 
 def _cpu_flags() -> str:
@@ -46,9 +49,15 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     src = Path(__file__).with_name(f"{name}.c")
     compiler = shutil.which(os.environ.get("CC", "cc"))
-    flags = [*CFLAGS, *EXTRA_FLAGS.get(name, []), "-shared", "-fPIC"]
+    flags = [*CFLAGS, *EXTRA_FLAGS.get(name, []), "-fPIC"]
     headers = [h.read_bytes() for h in sorted(src.parent.glob("*.h"))]
-    facts = [src.read_bytes(), *headers, " ".join(flags).encode(), platform.machine().encode(), _cpu_flags().encode()]
+    facts = [
+        src.read_bytes(),
+        *headers,
+        " ".join(flags + LINK_FLAGS).encode(),
+        platform.machine().encode(),
+        _cpu_flags().encode(),
+    ]
     key = hashlib.sha256(b"\0".join([*facts, str(compiler).encode()])).hexdigest()[:16]
     target = default_cache_dir() / "kernels" / f"{name}-{key}.so"
     if not target.exists():
@@ -57,10 +66,14 @@ def load(name: str) -> ctypes.CDLL | None:
             return None
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            so = Path(tmp) / target.name
-            run = subprocess.run([compiler, *flags, "-o", str(so), str(src), "-lm"], capture_output=True, text=True)
-            if run.returncode != 0:
-                log.warning("building %s failed, using the torch twin: %s", src.name, run.stderr.strip()[-2000:])
-                return None
+            obj, so = Path(tmp) / f"{name}.o", Path(tmp) / target.name
+            for cmd in (
+                [compiler, *flags, "-c", "-o", str(obj), str(src)],
+                [compiler, *LINK_FLAGS, "-o", str(so), str(obj), "-lm"],
+            ):
+                run = subprocess.run(cmd, capture_output=True, text=True)
+                if run.returncode != 0:
+                    log.warning("building %s failed, using the torch twin: %s", src.name, run.stderr.strip()[-2000:])
+                    return None
             os.replace(so, target)  # atomic: concurrent starts never load a half-written file
     return ctypes.CDLL(str(target))
