@@ -1,4 +1,4 @@
-"""The one place that picks a kernel: Triton on CUDA; on CPUs the C LoRA kernel (if it builds), else the twin."""
+"""The one place that picks a kernel: Triton on CUDA; on CPUs the C kernels (kernels/cpu) if built, else the twin."""
 
 import os
 

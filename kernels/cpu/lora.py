@@ -39,8 +39,8 @@ def lora_apply(
     assert x.dim() == out.dim() == 2 and x.stride(1) == out.stride(1) == 1 and x.shape[0] == out.shape[0]
     assert a_offsets.dtype == b_offsets.dtype == torch.int64
     d_in, d_out = x.shape[1], out.shape[1]
-    a_offs = a_offsets[groups.slots].contiguous()  # (G,)
-    b_offs = b_offsets[groups.slots].contiguous()  # (G,)
+    a_offs = a_offsets[groups.slots]  # (G,), a fresh contiguous tensor
+    b_offs = b_offsets[groups.slots]  # (G,)
     status = getattr(load("lora"), _FUNCS[x.dtype])(
         ptr(x),
         ctypes.c_int64(x.stride(0)),
