@@ -1,8 +1,11 @@
 """Engine configuration: one dataclass, checked once; the CLI maps onto it."""
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from kernels.cache_dir import default_cache_dir
+
+__all__ = ["DTYPES", "EngineConfig", "cpu_has_fast_bf16", "default_cache_dir", "resolve_dtype"]
 
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 
@@ -20,13 +23,6 @@ def resolve_dtype(dtype: str, device: str) -> str:
     if dtype != "auto":
         return dtype
     return "bfloat16" if device == "cuda" or cpu_has_fast_bf16() else "float32"
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("LORAPLEX_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "loraplex"
-    )
-    return Path(root)
 
 
 @dataclass(slots=True)
