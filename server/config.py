@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kernels.cache_dir import default_cache_dir
+from kernels.limits import MAX_LORA_RANK
 
 __all__ = ["DTYPES", "EngineConfig", "cpu_has_fast_bf16", "default_cache_dir", "resolve_dtype"]
 
@@ -51,8 +52,15 @@ class EngineConfig:
             raise ValueError("block_size must be a power of two")
         if self.max_num_seqs < 1 or self.max_batch_tokens < 1:
             raise ValueError("max_num_seqs and max_batch_tokens must be positive")
-        if self.max_lora_rank < 1 or self.adapter_cache_mb < 0:
-            raise ValueError("max_lora_rank must be positive and adapter_cache_mb non-negative")
+        if self.max_lora_rank < 1:
+            raise ValueError(f"--max-lora-rank must be positive, got {self.max_lora_rank}")
+        # The C kernel would refuse every step with a higher-rank adapter in it; the Triton ones tile any rank.
+        if self.device == "cpu" and self.max_lora_rank > MAX_LORA_RANK:
+            raise ValueError(
+                f"--max-lora-rank {self.max_lora_rank} is above {MAX_LORA_RANK}, the most the CPU LoRA kernel accepts"
+            )
+        if self.adapter_cache_mb < 0:
+            raise ValueError("adapter_cache_mb must be non-negative")
         self.dtype = resolve_dtype(self.dtype, self.device)
         if self.cache_dir is None:
             self.cache_dir = default_cache_dir()

@@ -11,6 +11,7 @@ import ctypes
 import torch
 
 from kernels.cpu.build import load, ptr
+from kernels.limits import MAX_LORA_RANK
 from kernels.lora_batch import LoRABatchInfo
 from kernels.torch.lora import compute_dtype
 
@@ -38,6 +39,9 @@ def lora_apply(
     assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == x.dtype == out.dtype
     assert x.dim() == out.dim() == 2 and x.stride(1) == out.stride(1) == 1 and x.shape[0] == out.shape[0]
     assert a_offsets.dtype == b_offsets.dtype == torch.int64
+    rank = max(r for _, _, r, _ in groups.spans)
+    if rank > MAX_LORA_RANK:  # a real check, not an assert: python -O would run the step without its deltas
+        raise ValueError(f"LoRA rank {rank} is above {MAX_LORA_RANK}, the most lora.c accepts")
     d_in, d_out = x.shape[1], out.shape[1]
     a_offs = a_offsets[groups.slots]  # (G,), a fresh contiguous tensor
     b_offs = b_offsets[groups.slots]  # (G,)
@@ -58,7 +62,8 @@ def lora_apply(
         ctypes.c_int64(SMALL_GROUP_ROWS),
         ctypes.c_int64(torch.get_num_threads()),
     )
-    assert status == 0, f"lora.c refused the shapes (status {status}, in={d_in}, max rank {info.max_rank})"
+    if status != 0:  # as above: never let a refused call pass silently
+        raise ValueError(f"lora.c refused the shapes (status {status}, in={d_in}, max rank {info.max_rank})")
     large = [g for g, (start, end, _, _) in enumerate(groups.spans) if end - start > SMALL_GROUP_ROWS]
     if not large:
         return

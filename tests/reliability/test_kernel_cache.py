@@ -7,6 +7,7 @@ checked here too: the config refuses it up front and the wrapper raises rather t
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,10 +17,13 @@ import torch
 
 from kernels.cpu import lora as cpu_lora
 from kernels.cpu.build import cached_path, load
+from kernels.limits import MAX_LORA_RANK
 from kernels.lora_batch import LoRABatchInfo
 from kernels.torch.lora import lora_apply as twin_apply
+from server.config import EngineConfig
 
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+LORA_C = Path(cpu_lora.__file__).with_name("lora.c")
 
 PLANTED_C = r"""
 #include <fcntl.h>
@@ -151,3 +155,21 @@ def test_a_so_that_keeps_failing_gives_the_torch_twin(cache, tmp_path, monkeypat
     assert len((tmp_path / "broken-cc.calls").read_text().split()) == 4, "not exactly two builds (compile + link)"
     assert not cached_path("lora").exists()
 
+
+def test_the_rank_limit_matches_lora_c():
+    assert re.search(r"#define MAX_RANK (\d+)", LORA_C.read_text()).group(1) == str(MAX_LORA_RANK)
+
+
+def test_config_refuses_a_rank_the_cpu_kernel_cannot_run():
+    EngineConfig(max_lora_rank=MAX_LORA_RANK)
+    with pytest.raises(ValueError, match=rf"--max-lora-rank.*{MAX_LORA_RANK}"):
+        EngineConfig(max_lora_rank=MAX_LORA_RANK + 1)
+
+
+@needs_cc
+def test_the_cpu_kernel_raises_on_a_rank_above_its_limit():
+    r, d = MAX_LORA_RANK + 1, 8
+    pool = torch.zeros(2 * r * d)
+    info = LoRABatchInfo.from_row_slots([0], [r], [1.0])
+    with pytest.raises(ValueError, match="rank"):
+        cpu_lora.lora_apply(torch.zeros(1, d), torch.zeros(1, d), pool, torch.tensor([0]), torch.tensor([r * d]), info)
