@@ -1,10 +1,12 @@
 """Find a Llama-family checkpoint, convert GGUF once to dense safetensors, load config + tokenizer + weights."""
 
+import fcntl
 import hashlib
 import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED_TYPES = ("llama", "mistral")
+COMPLETE_MARKER = ".complete"  # written last into a conversion: a cache dir without it is treated as absent
 
 
 @dataclass(slots=True)
@@ -55,8 +58,45 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    (tmp / COMPLETE_MARKER).touch()
     tmp.rename(out)  # atomic: a crash mid-conversion never leaves a half cache behind
     log.info("converted %s to %s in %.1fs", gguf.name, out, time.perf_counter() - t0)
+
+
+def _is_complete(directory: Path) -> bool:
+    return (
+        (directory / COMPLETE_MARKER).is_file()
+        and (directory / "config.json").is_file()
+        and any(directory.glob("*.safetensors"))
+    )
+
+
+def _remove_leftovers(out: Path) -> None:
+    """Called under the lock: a .tmp<pid> dir, or out without its marker, is what a killed conversion left."""
+    for d in [p for p in out.parent.iterdir() if p.name.startswith(out.name + ".tmp")] + [out]:
+        if not os.path.lexists(d):
+            continue
+        log.warning("removing %s, left by an interrupted conversion", d)
+        if d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d)
+        else:
+            d.unlink()
+
+
+def _ensure_converted(gguf: Path, out: Path) -> bool:
+    """out as a complete conversion of gguf; True when this call converted. Concurrent starts take turns."""
+    if _is_complete(out):  # without the lock: a read-only cache with the conversion in it still serves
+        return False
+    for d in (out.parent.parent, out.parent):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, and by the kernel when a holder is killed
+        if _is_complete(out):  # converted by the process we waited for
+            return False
+        _remove_leftovers(out)
+        log.info("converting %s into %s (first start)", gguf.name, out)
+        _convert_gguf(gguf, out)
+        return True
 
 
 def resolve_checkpoint(model: str | None, cache_root: Path) -> Checkpoint:
@@ -66,10 +106,7 @@ def resolve_checkpoint(model: str | None, cache_root: Path) -> Checkpoint:
         if not path.is_file():
             raise FileNotFoundError(f"no GGUF file at {path}")
         directory = _gguf_cache_dir(path, cache_root)
-        if not (directory / "config.json").is_file():
-            directory.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(path, directory)
-            converted = True
+        converted = _ensure_converted(path, directory)
         name = path.stem.split(".")[0]
     else:
         directory = path
