@@ -2,9 +2,15 @@
 
 The event loop never runs model code: requests and aborts cross to the engine thread through a
 locked inbox, deltas come back through loop.call_soon_threadsafe onto per-request queues.
+
+Nothing one request does may stop the thread: whatever its admission, a call or a step raises
+fails the requests it concerns and the loop goes on. If the loop itself dies (a bug in the
+recovery path), every open stream gets EngineDead, `alive` turns False, and on_death runs so
+the server can report unhealthy and exit non-zero for its supervisor to restart it.
 """
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +35,14 @@ class EngineDead(RuntimeError):
     pass
 
 
+class EngineBusy(RuntimeError):
+    """Too many calls are waiting for the engine thread."""
+
+
+MAX_PENDING_CALLS = 256
+UNHEALTHY_AFTER = 3  # consecutive failed steps before `healthy` says no
+
+
 T = TypeVar("T")
 
 
@@ -42,8 +56,10 @@ def _settle(fut: asyncio.Future, result, error: BaseException | None) -> None:
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine):
+    def __init__(self, engine: LLMEngine, on_death: Callable[[BaseException], None] | None = None):
         self.engine = engine
+        self.on_death = on_death
+        self.failed_steps = 0  # consecutive; a good step resets it
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._inbox: list[EngineRequest] = []
@@ -62,7 +78,17 @@ class AsyncEngine:
     def shutdown(self, timeout: float = 10.0) -> None:
         self._stop = True
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._error is None and (self._thread.is_alive() or not self._thread.ident)
+
+    @property
+    def healthy(self) -> bool:
+        """Alive and its steps are not all failing: what /health reports."""
+        return self.alive and self.failed_steps < UNHEALTHY_AFTER
 
     # API
 
@@ -70,8 +96,7 @@ class AsyncEngine:
         """Stream a request's deltas until all its sequences finish. Leaving early aborts it."""
         if self._error is not None:
             raise EngineDead(f"the engine stopped: {self._error!r}")
-        self.engine.check_request(request)  # bad input fails here, in the caller, with ValueError
-        n = request.params.n
+        n = request.params.n  # the caller checked it; the engine thread checks again when it adds it
         stream = _Stream(asyncio.Queue(), asyncio.get_running_loop(), n, n)
         with self._lock:
             self._streams[request.request_id] = stream
@@ -99,6 +124,8 @@ class AsyncEngine:
             raise EngineDead(f"the engine stopped: {self._error!r}")
         fut = asyncio.get_running_loop().create_future()
         with self._lock:
+            if len(self._calls) >= MAX_PENDING_CALLS:
+                raise EngineBusy(f"{len(self._calls)} calls already wait for the engine")
             self._calls.append((fn, fut))
         self._wake.set()
         return await fut
@@ -115,7 +142,7 @@ class AsyncEngine:
             stream = self._streams.get(d.request_id)
             if stream is None:
                 continue
-            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, d)
+            _post(stream.loop, stream.queue.put_nowait, d)
             if d.finish_reason is not None:
                 stream.engine_open -= 1
                 if stream.engine_open == 0:
@@ -132,18 +159,27 @@ class AsyncEngine:
                 result, error = fn(self.engine), None
             except Exception as e:  # the caller's problem, not the engine's
                 result, error = None, e
-            fut.get_loop().call_soon_threadsafe(_settle, fut, result, error)
+            _post(fut.get_loop(), _settle, fut, result, error)
         for req in inbox:
             try:
                 self.engine.add_request(req)
-            except ValueError as e:  # raced with another check; fail only this request
-                stream = self._streams.pop(req.request_id, None)
-                if stream:
-                    stream.loop.call_soon_threadsafe(stream.queue.put_nowait, e)
+            except Exception as e:  # raced with a change (adapter unloaded) or a bug: fail only this request
+                if not isinstance(e, ValueError):
+                    log.exception("adding request %s failed", req.request_id)
+                self._fail_stream(req.request_id, e)
         for rid in aborts:
-            self.engine.abort(rid)
+            try:
+                self.engine.abort(rid)  # its consumer has left: nobody reads the abort deltas
+            except Exception:
+                log.exception("aborting %s failed", rid)
             with self._lock:
                 self._streams.pop(rid, None)
+
+    def _fail_stream(self, request_id: str, error: BaseException) -> None:
+        with self._lock:
+            stream = self._streams.pop(request_id, None)
+        if stream:
+            _post(stream.loop, stream.queue.put_nowait, error)
 
     def _loop(self) -> None:
         try:
@@ -155,17 +191,28 @@ class AsyncEngine:
                     continue
                 try:
                     deltas = self.engine.step()
+                    self.failed_steps = 0
                 except Exception as e:  # a bug hit this step: fail its requests, keep serving the rest
                     log.exception("engine step failed")
+                    self.failed_steps += 1
                     deltas = self.engine.fail_step(e)
                 self._deliver(deltas)
-        except BaseException as e:  # a bug in the engine: fail every open stream instead of hanging it
-            log.exception("engine loop died")
+        except BaseException as e:  # the recovery itself failed: fail every open stream instead of hanging it
+            log.critical("engine loop died", exc_info=e)
             self._error = e
+            dead = EngineDead(f"the engine stopped: {e!r}")
             with self._lock:
                 streams, self._streams = list(self._streams.values()), {}
                 calls, self._calls = self._calls, []
             for s in streams:
-                s.loop.call_soon_threadsafe(s.queue.put_nowait, EngineDead(f"the engine stopped: {e!r}"))
+                _post(s.loop, s.queue.put_nowait, dead)
             for _, fut in calls:
-                fut.get_loop().call_soon_threadsafe(_settle, fut, None, EngineDead(f"the engine stopped: {e!r}"))
+                _post(fut.get_loop(), _settle, fut, None, dead)
+            if self.on_death is not None:
+                self.on_death(e)
+
+
+def _post(loop: asyncio.AbstractEventLoop, fn: Callable, *args) -> None:
+    """Hand fn to a client's event loop; one that has closed (its client is gone) is skipped."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)

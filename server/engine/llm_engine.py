@@ -12,6 +12,7 @@ from server.adapters.host_cache import HostCache
 from server.adapters.manager import AdapterManager
 from server.adapters.registry import AdapterRegistry
 from server.config import EngineConfig
+from server.engine.faults import Faults
 from server.engine.model_runner import ModelRunner
 from server.engine.output_processor import OutputProcessor
 from server.engine.outputs import SequenceDelta
@@ -26,6 +27,10 @@ from server.model.loader import Checkpoint, build_model, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 MAX_MIXTURE = 8  # adapters one request may mix
+
+
+class UnknownAdapter(ValueError):
+    """The request names an adapter that is not registered (any more)."""
 
 
 @dataclass(slots=True)
@@ -82,6 +87,10 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._requests: dict[str, list[Sequence]] = {}
         self.last_step: SchedulerOutput | None = None  # what the latest step ran, for stats and tests
+        self._built: list[SequenceDelta] = []  # this step's deltas so far: a failing step still hands them out
+        self.faults = Faults.from_env()
+        if self.faults is not None:
+            self._inject_adapter_faults(self.faults)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "LLMEngine":
@@ -123,7 +132,10 @@ class LLMEngine:
             raise ValueError("a mixture names each adapter once")
         need = blocks_for(min(n + req.params.max_tokens, self.max_model_len), self.config.block_size)
         for name in names:
-            ref = self.adapters.resolve(name)  # KeyError: no such adapter
+            try:
+                ref = self.adapters.resolve(name)
+            except KeyError:
+                raise UnknownAdapter(f"The model `{name}` does not exist.") from None
             need += pack(self.adapters.sizes(ref), self.pool.page_elems)[0]
         if need > self.pool.book.num_pages:
             raise ValueError(f"prompt + max_tokens (+ adapter) need {need} pool pages; the pool has "
@@ -189,42 +201,70 @@ class LLMEngine:
     # the loop
 
     def step(self) -> list[SequenceDelta]:
+        self._built, self.last_step = [], None
         out = self.scheduler.schedule()
+        self._fault("schedule")
         self.last_step = out
-        failed = [self.outputs.delta(seq, "error", msg, "adapter_load_failed") for seq, msg in out.failed]
-        for seq, _ in out.failed:
+        for seq, msg in out.failed:
+            self._built.append(self.outputs.delta(seq, "error", msg, "adapter_load_failed"))
             self._finish(seq)
         if not out.chunks:
-            return failed
+            return self._take()
         now = time.monotonic()
         for chunk in out.chunks:
             if chunk.seq.first_scheduled is None:
                 chunk.seq.first_scheduled = now
+        self._fault("step")
         sampled = self.runner.run(out)
         self.scheduler.advance(out)
-        deltas = failed
         for s in sampled:
             seq = s.chunk.seq
+            self._fault("output")
             reason = self.outputs.append(seq, s.token_id, s.logprob)
             if reason:
                 self.scheduler.finish(seq, reason)
-            deltas.append(self.outputs.delta(seq, reason))
+            self._built.append(self.outputs.delta(seq, reason))
             if reason:
                 self._finish(seq)
-        return deltas
+        return self._take()
 
     def fail_step(self, error: BaseException) -> list[SequenceDelta]:
-        """The last step raised: end the sequences it ran with an internal error; everyone else goes on."""
-        deltas = []
-        for chunk in self.last_step.chunks if self.last_step else []:
-            seq = chunk.seq
-            if seq.status is SeqStatus.FINISHED:
+        """The last step raised: hand out what it built, end the sequences it touched with an internal
+        error; everyone else goes on. When schedule() itself raised, its placements are unknown, so every
+        running sequence is failed (its pages may be half grown)."""
+        self._fault("recover")
+        deltas = self._take()
+        touched = [c.seq for c in self.last_step.chunks] if self.last_step else list(self.scheduler.running)
+        # finished by the scheduler but never handed out (the step raised in between)
+        touched += [s for seqs in self._requests.values() for s in seqs
+                    if s.status is SeqStatus.FINISHED and self.outputs.tracks(s)]
+        for seq in touched:
+            if not self.outputs.tracks(seq):
                 continue
-            self.scheduler.finish(seq, "error")
+            if seq.status is not SeqStatus.FINISHED:
+                self.scheduler.finish(seq, "error")
             deltas.append(self.outputs.delta(seq, "error", f"internal error: {error!r}", "internal_error"))
             self._finish(seq)
         self.last_step = None
         return deltas
+
+    def _take(self) -> list[SequenceDelta]:
+        deltas, self._built = self._built, []
+        return deltas
+
+    def _fault(self, site: str) -> None:
+        if self.faults is not None:
+            self.faults.maybe(site)
+
+    def _inject_adapter_faults(self, faults: Faults) -> None:
+        cache = self.registry.host_cache
+        load = cache._load
+
+        def faulty(*args, **kwargs):
+            faults.maybe("adapter_load")
+            return load(*args, **kwargs)
+
+        cache._load = faulty
 
     def _finish(self, seq: Sequence) -> None:
         self._forget(seq)

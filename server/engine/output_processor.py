@@ -28,6 +28,10 @@ class OutputProcessor:
     def add(self, seq: Sequence) -> None:
         self._texts[seq.seq_id] = _SeqText(IncrementalDetokenizer(self.tokenizer, seq.prompt_ids))
 
+    def tracks(self, seq: Sequence) -> bool:
+        """Whether seq still has output to hand out (it has not been dropped)."""
+        return seq.seq_id in self._texts
+
     def drop(self, seq: Sequence) -> None:
         self._texts.pop(seq.seq_id, None)
 
