@@ -90,15 +90,18 @@ class ArrowRouter:
         todo = self.uncalibrated()
         raws = [self._raw(f, todo) for f in neutral]
         for a in todo:
-            self._baseline[a] = sum(r[a] for r in raws) / len(raws)
+            if vals := [r[a] for r in raws if a in r]:
+                self._baseline[a] = max(sum(vals) / len(vals), 1e-12)  # scores divide by it
 
     def _raw(self, features: Features, adapters: list[str]) -> dict[str, float]:
-        """Mean |cos(x, v)| over tokens and the adapter's (layer, module) pairs."""
+        """Mean |cos(x, v)| over tokens and the adapter's (layer, module) pairs; adapters whose inputs the
+        features lack (added after the routing pass began) are left out."""
         unit = {k: torch.nn.functional.normalize(x.float(), dim=-1) for k, x in features.items()}  # (T, in) each
         out = {}
         for a in adapters:
-            protos = self._protos[a]
-            assert protos.keys() <= unit.keys(), f"features lack {sorted(protos.keys() - unit.keys())[:3]}"
+            protos = self._protos.get(a)
+            if protos is None or not protos.keys() <= unit.keys():
+                continue
             out[a] = float(torch.stack([(unit[k] @ v).abs().mean() for k, v in protos.items()]).mean())
         return out
 

@@ -27,9 +27,13 @@ class _Flags:
         self.parser = parser
         self.repeated: dict[str, list[str]] = {}  # dest -> values from the environment
 
-    def add(self, flag: str, help: str, *, repeat: bool = False, **kw) -> None:
+    def add(self, flag: str, help: str, *, repeat: bool = False, switch: bool = False, **kw) -> None:
         env = "LORAPLEX_" + flag.lstrip("-").replace("-", "_").upper()
         raw = os.environ.get(env)
+        if switch:  # on/off: the flag turns it on, env 1/true/yes/on too
+            default = raw is not None and raw.strip().lower() in ("1", "true", "yes", "on")
+            self.parser.add_argument(flag, action="store_true", default=default, help=help + f" (env {env}=1)")
+            return
         if repeat:
             kw["action"] = "append"
             dest = flag.lstrip("-").replace("-", "_")
@@ -58,8 +62,12 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
           metavar="NAME=PATH")
     f.add("--adapter-dir", "register every subfolder holding adapter_config.json, named by folder", repeat=True,
           metavar="DIR")
-    f.add("--allowed-adapter-root", "where /v1/load_lora_adapter may read from (symlinks and .. resolved)", repeat=True,
-          metavar="DIR")
+    f.add("--allowed-adapter-root", "where /v1/load_lora_adapter may read from (no file may lead out of it through "
+          "a symlink)", repeat=True, metavar="DIR")
+    f.add("--enable-adapter-admin", "turn on /v1/load_lora_adapter and /v1/unload_lora_adapter (403 otherwise)",
+          switch=True)
+    f.add("--admin-key", "the adapter admin routes need `Authorization: Bearer KEY` (default: the API key, if any)",
+          metavar="KEY")
     f.add("--router", "expose a task router as model NAME: NAME=embedding, NAME=rules:FILE.json or "
           "NAME=arrow[:top_k=K,temperature=T,threshold=S]", repeat=True,
           metavar="NAME=KIND")
@@ -84,6 +92,26 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
     f.add("--max-body-bytes", "largest request body; bigger ones get 413", type=int, default=1 << 20, metavar="BYTES")
     f.add("--max-tokens-cap", "largest max_tokens a request may ask for; also chat's default", type=int,
           default=4096, metavar="N")
+    f.add("--max-prompts", "prompts in one /v1/completions request", type=int, default=64, metavar="N")
+    f.add("--max-n", "choices (n) per prompt", type=int, default=16, metavar="N")
+    f.add("--max-seqs-per-request", "prompts x n in one request", type=int, default=128, metavar="N")
+    f.add("--max-stop", "stop strings per request", type=int, default=4, metavar="N")
+    f.add("--max-stop-chars", "characters in one stop string", type=int, default=256, metavar="N")
+    f.add("--max-logprob-entries", "max_tokens x n x prompts x (1 + top logprobs) one response may hold", type=int,
+          default=1 << 20, metavar="N")
+    f.add("--max-connections", "open connections + in-flight requests; past it uvicorn answers 503", type=int,
+          default=1024, metavar="N")
+    f.add("--keep-alive-timeout", "seconds an idle keep-alive connection stays open", type=float, default=5.0,
+          metavar="SECONDS")
+    f.add("--header-timeout", "seconds a client may take to send its request headers", type=float, default=10.0,
+          metavar="SECONDS")
+    f.add("--body-timeout", "seconds a client may take to send its request body (408 past it)", type=float,
+          default=30.0, metavar="SECONDS")
+    f.add("--metrics-public", "serve /metrics without the API key", switch=True)
+    f.add("--enable-docs", "serve /docs and /openapi.json even with --api-key (they are on without a key)",
+          switch=True)
+    f.add("--allowed-host", "accepted Host header name (default: loopback names when bound to loopback, else any)",
+          repeat=True, metavar="NAME")
     f.add("--drain-timeout", "seconds SIGTERM waits for in-flight requests before exiting", type=float,
           default=30.0, metavar="SECONDS")
     f.add("--cors-origin", "allow this browser origin (CORS is off unless given)", repeat=True, metavar="ORIGIN")
@@ -148,9 +176,15 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         host=args.host, port=args.port, served_model_name=args.served_model_name, api_key=args.api_key,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
+        max_prompts=args.max_prompts, max_n=args.max_n, max_seqs_per_request=args.max_seqs_per_request,
+        max_stop=args.max_stop, max_stop_chars=args.max_stop_chars, max_logprob_entries=args.max_logprob_entries,
         drain_timeout=args.drain_timeout, cors_origins=args.cors_origin, log_level=args.log_level,
         adapters=_pairs(args.adapter, "--adapter"), adapter_dirs=args.adapter_dir,
-        allowed_adapter_roots=args.allowed_adapter_root, routers=_pairs(args.router, "--router"),
+        allowed_adapter_roots=args.allowed_adapter_root, enable_adapter_admin=args.enable_adapter_admin,
+        admin_key=args.admin_key, routers=_pairs(args.router, "--router"), max_connections=args.max_connections,
+        keep_alive_s=args.keep_alive_timeout, header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+        metrics_public=args.metrics_public, enable_docs=True if args.enable_docs else None,
+        allowed_hosts=args.allowed_host,
     )
 
 
@@ -213,19 +247,18 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(e))
     engine.start()
     try:
-        run(app, settings.log_level)
+        return run(app, settings.log_level)
     finally:
         engine.shutdown()
-    return 0
 
 
 def ray_serve_config(args: argparse.Namespace) -> "tuple[RayServeConfig, ReplicaSpec]":
     """`serve-ray` flags -> what Ray runs and what each replica builds. ValueError names a bad flag."""
     from server.ray_serve.config import RayServeConfig, ReplicaSpec
 
-    if args.allowed_adapter_root:
-        raise ValueError("--allowed-adapter-root: a run-time adapter load would reach one replica only; register "
-                         "adapters at start with --adapter or --adapter-dir")
+    if args.allowed_adapter_root or args.enable_adapter_admin:
+        raise ValueError("--allowed-adapter-root / --enable-adapter-admin: a run-time adapter load or unload would "
+                         "reach one replica only; register adapters at start with --adapter or --adapter-dir")
     device = args.device
     if device == "auto":  # the replicas' hardware, not this process's: a replica sees a GPU only if it asks for one
         device = "cuda" if args.replica_gpus > 0 else "cpu"

@@ -26,6 +26,7 @@ from server.api.routing import Routers
 from server.api.settings import ServerSettings
 from server.api.state import ServerState
 from server.api.status_counter import StatusCounter
+from server.api.trusted_host import TrustedHost
 from server.engine.async_engine import AsyncEngine
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,10 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         models=ModelResolver(
             settings.served_model_name or llm.model_name, llm.registry, settings.routers, llm.adapters.pages.is_resident
         ),
-        limits=Limits(llm.max_model_len, settings.max_tokens_cap),
+        limits=Limits(
+            llm.max_model_len, settings.max_tokens_cap, settings.max_prompts, settings.max_n,
+            settings.max_seqs_per_request, settings.max_stop, settings.max_stop_chars, settings.max_logprob_entries,
+        ),
         routers=routers,
     )
 
@@ -55,8 +59,9 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
         log.info("serving %s", ctx.models.base_name)
         yield
 
-    # outermost first: count every request, answer CORS preflights, then check the key, then the body size
-    middleware = [Middleware(StatusCounter, metrics=metrics)]
+    # outermost first: count every request, check the Host, answer CORS preflights, then check the key,
+    # then the body size and read timeout
+    middleware = [Middleware(StatusCounter, metrics=metrics), Middleware(TrustedHost, allowed=settings.trusted_hosts())]
     if settings.cors_origins:
         middleware.append(
             Middleware(
@@ -64,14 +69,28 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
                 allow_headers=["*"],
             )
         )
-    if settings.api_key:
-        middleware.append(Middleware(ApiKeyAuth, api_key=settings.api_key))
-    middleware.append(Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes))
+    if settings.api_key or settings.admin_key:
+        middleware.append(Middleware(ApiKeyAuth, api_key=settings.api_key, admin_key=settings.admin_key,
+                                     protected=protected_paths(settings)))
+    middleware.append(
+        Middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    )
 
-    app = FastAPI(title="loraplex", version="0.1.0", lifespan=lifespan, middleware=middleware)
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="loraplex", version="0.1.0", lifespan=lifespan, middleware=middleware, **docs)
     app.state.loraplex = ctx
     install_error_handlers(app)
     app.include_router(ops_routes(ctx))
     app.include_router(openai_routes(ctx))
     app.include_router(adapter_routes(ctx))
     return app
+
+
+def protected_paths(settings: ServerSettings) -> tuple[str, ...]:
+    """What the API key guards: the API, /metrics unless public, the docs when they are on."""
+    paths = ["/v1"]
+    if not settings.metrics_public:
+        paths.append("/metrics")
+    if settings.docs:
+        paths += ["/docs", "/redoc", "/openapi.json"]
+    return tuple(paths)

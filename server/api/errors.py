@@ -54,6 +54,16 @@ class ModelNotFound(NotFound):
         super().__init__(f"The model `{name}` does not exist.", param="model")
 
 
+class Forbidden(APIError):
+    status = 403
+    type = "permission_error"
+
+
+class RequestTimeout(APIError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(APIError):
     status = 413
     code = "request_too_large"

@@ -16,6 +16,41 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; cha
 class Limits:
     max_model_len: int  # context: prompt + output tokens
     max_tokens_cap: int  # largest max_tokens a request may ask for
+    max_prompts: int = 64  # prompts per /v1/completions request
+    max_n: int = 16  # choices per prompt
+    max_seqs: int = 128  # prompts x n
+    max_stop: int = 4  # stop strings
+    max_stop_chars: int = 256  # characters per stop string
+    max_logprob_entries: int = 1 << 20  # token logprobs (chosen + top) a response may hold
+
+
+def check_shape(body: SamplingRequest, num_prompts: int, limits: Limits) -> None:
+    """The limits that bound a request's work, checked before any per-prompt work; 400 names the limit."""
+    if num_prompts > limits.max_prompts:
+        raise BadRequest(f"{num_prompts} prompts in one request; this server allows at most {limits.max_prompts} "
+                         "(--max-prompts)", param="prompt", code="too_many_prompts")
+    if body.n > limits.max_n:
+        raise BadRequest(f"n is {body.n}; this server allows at most {limits.max_n} (--max-n)", param="n")
+    if num_prompts * body.n > limits.max_seqs:
+        raise BadRequest(f"{num_prompts} prompts x n={body.n} = {num_prompts * body.n} sequences; this server allows "
+                         f"at most {limits.max_seqs} per request (--max-seqs-per-request)", param="n")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    if len(stop) > limits.max_stop:
+        raise BadRequest(f"{len(stop)} stop strings; this server allows at most {limits.max_stop} (--max-stop)",
+                         param="stop")
+    if any(len(s) > limits.max_stop_chars for s in stop):
+        raise BadRequest(f"a stop string is longer than {limits.max_stop_chars} characters (--max-stop-chars)",
+                         param="stop")
+
+
+def check_response_size(reqs: list[EngineRequest], limits: Limits) -> None:
+    """max_tokens x sequences x (1 + top logprobs): what the response would hold at most."""
+    entries = sum(r.params.max_tokens * r.params.n * (1 + r.params.logprobs) for r in reqs
+                  if r.params.logprobs is not None)
+    if entries > limits.max_logprob_entries:
+        raise BadRequest(f"max_tokens x n x (1 + top logprobs) over all prompts is {entries}; this server allows "
+                         f"at most {limits.max_logprob_entries} (--max-logprob-entries): lower max_tokens, n or "
+                         "logprobs", param="max_tokens")
 
 
 def completion_requests(
@@ -30,8 +65,9 @@ def completion_requests(
         raise BadRequest("suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise BadRequest("best_of other than n is not supported", param="best_of")
+    check_shape(body, _num_prompts(body.prompt), limits)
     prompts = _prompt_ids(body.prompt, tokenizer)
-    return [
+    reqs = [
         EngineRequest(
             f"{request_id}-{i}", ids,
             _sampling(body, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, len(ids), limits, body.logprobs, "prompt"),
@@ -39,6 +75,8 @@ def completion_requests(
         )
         for i, ids in enumerate(prompts)
     ]
+    check_response_size(reqs, limits)
+    return reqs
 
 
 def chat_request(
@@ -54,11 +92,14 @@ def chat_request(
         raise BadRequest("only response_format {'type': 'text'} is supported", param="response_format")
     if body.top_logprobs is not None and not body.logprobs:
         raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
+    check_shape(body, 1, limits)
     ids = chat_prompt_ids(body, tokenizer)
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = _sampling(body, asked, limits.max_tokens_cap, len(ids), limits, logprobs, "messages")
-    return EngineRequest(f"{request_id}-0", ids, params, adapter)
+    req = EngineRequest(f"{request_id}-0", ids, params, adapter)
+    check_response_size([req], limits)
+    return req
 
 
 def chat_prompt_ids(body: ChatCompletionRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -68,6 +109,10 @@ def chat_prompt_ids(body: ChatCompletionRequest, tokenizer: PreTrainedTokenizerB
     except Exception as e:  # the template is the model's code run on the client's messages: its errors are theirs
         raise BadRequest(f"the chat template refused these messages: {e}", param="messages") from e
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _num_prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> int:
+    return 1 if isinstance(prompt, str) or isinstance(prompt[0], int) else len(prompt)
 
 
 def _prompt_ids(prompt: str | list[str] | list[int] | list[list[int]], tokenizer) -> list[list[int]]:

@@ -70,7 +70,8 @@ class _ScrapeTime(Collector):
         yield pages
         yield GaugeMetricFamily("loraplex_pool_pages_capacity", "Pages in the unified pool", value=s.total)
         yield GaugeMetricFamily(
-            "loraplex_requests_running", "Admitted requests that have produced a token", value=self.state.running
+            "loraplex_requests_running", "Admitted sequences (prompts x n) whose request has produced a token",
+            value=self.state.running,
         )
         a = self.adapter_stats()
         yield GaugeMetricFamily("loraplex_adapters_resident", "Adapters with pages in the pool", value=a.resident)
@@ -78,7 +79,8 @@ class _ScrapeTime(Collector):
         yield CounterMetricFamily("loraplex_adapter_evictions", "Adapters evicted from the pool", value=a.evictions)
         yield CounterMetricFamily("loraplex_adapter_hits", "Admissions that found the adapter resident", value=a.hits)
         yield GaugeMetricFamily(
-            "loraplex_requests_waiting", "Admitted requests waiting for their first token (at most --max-queue)",
+            "loraplex_requests_waiting",
+            "Admitted sequences (prompts x n) waiting for their request's first token (at most --max-queue)",
             value=self.state.waiting,
         )
 

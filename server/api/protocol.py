@@ -6,22 +6,50 @@ input is a 400, never a 500. Fields we accept but cannot honour are refused in i
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+TOKEN_ID_MAX = 2**31 - 1  # ids past the vocabulary are refused later, with the vocabulary's size
+TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=TOKEN_ID_MAX)]], Field(min_length=1)]
 MAX_N = 128  # OpenAI's limit on choices per request
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1 - MAX_N  # per-choice seeds are seed + index, kept in int64
+
+
+def _encodable(value: object, path: str = "") -> None:
+    """JSON may carry lone surrogates (\\ud800) that no tokenizer, header or log can encode: refuse them here."""
+    stack = [(value, path)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{at or 'body'}: not valid Unicode (a lone surrogate)") from None
+        elif isinstance(v, dict):
+            stack.extend((x, f"{at}.{k}" if at else str(k)) for k, x in v.items())
+            stack.extend((k, at or "body") for k in v if isinstance(k, str))
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in enumerate(v))
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
+class _Body(_Request):
+    """A whole request body: its strings are checked once, here."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: object) -> object:
+        _encodable(data)
+        return data
+
+
 class StreamOptions(_Request):
     include_usage: bool = False
 
 
-class SamplingRequest(_Request):
+class SamplingRequest(_Body):
     model: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -170,12 +198,12 @@ class ModelList(BaseModel):
     data: list[ModelInfo]
 
 
-class LoadLoRAAdapterRequest(BaseModel):
+class LoadLoRAAdapterRequest(_Body):
     """vLLM's body for /v1/load_lora_adapter."""
 
-    lora_name: str
-    lora_path: str
+    lora_name: str = Field(max_length=256)
+    lora_path: str = Field(max_length=4096)
 
 
-class UnloadLoRAAdapterRequest(BaseModel):
-    lora_name: str
+class UnloadLoRAAdapterRequest(_Body):
+    lora_name: str = Field(max_length=256)

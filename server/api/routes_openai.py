@@ -3,15 +3,16 @@
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from router.decision import RouteDecision
+from server import header_names
 from server.api.context import ServerContext
-from server.api.errors import BadRequest, InternalError, error_body
+from server.api.errors import APIError, BadRequest, InternalError, NotFound, ServiceUnavailable, error_body
 from server.api.generation import ClientGone, Generation, unless_disconnected
 from server.api.inputs import chat_request, completion_requests
 from server.api.protocol import (
@@ -26,7 +27,8 @@ from server.api.protocol import (
 from server.api.render import ChatRenderer, ChoiceState, CompletionRenderer
 from server.api.request_stats import RequestStats
 from server.api.sse import DONE, SSEResponse, sse
-from server.engine.llm_engine import EngineRequest
+from server.engine.async_engine import EngineBusy, EngineDead
+from server.engine.llm_engine import EngineRequest, UnknownAdapter
 
 log = logging.getLogger(__name__)
 
@@ -62,27 +64,22 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
         adapter, router_name = ctx.models.resolve(body.model)
         rid = f"cmpl-{uuid.uuid4().hex}"
         reqs = completion_requests(body, tokenizer, ctx.limits, rid, adapter)
-        decision = None
-        if router_name:  # one choice per request, made on its first prompt
-            text = tokenizer.decode(reqs[0].prompt_ids, skip_special_tokens=True)
-            decision = await _route(ctx, router_name, text, reqs)
         renderer = CompletionRenderer(
             rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs is not None
         )
-        return await _serve(ctx, request, reqs, renderer, body.stream, decision)
+        # a router chooses once per request, on its first prompt
+        route = (router_name, lambda: tokenizer.decode(reqs[0].prompt_ids, skip_special_tokens=True))
+        return await _serve(ctx, request, reqs, renderer, body.stream, route if router_name else None)
 
     @router.post("/chat/completions", response_model=ChatCompletionResponse, responses=_STREAMED)
     async def chat_completions(body: ChatCompletionRequest, request: Request):
         adapter, router_name = ctx.models.resolve(body.model)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         req = chat_request(body, tokenizer, ctx.limits, rid, adapter)
-        decision = None
-        if router_name:  # routed on the last user message, not the chat template around it
-            users = [m for m in body.messages if m.role == "user"]
-            text = _text_of(users[-1].content) if users else ""
-            decision = await _route(ctx, router_name, text, [req])
         renderer = ChatRenderer(rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs)
-        return await _serve(ctx, request, [req], renderer, body.stream, decision)
+        users = [m for m in body.messages if m.role == "user"]  # routed on the last user message, not the template
+        route = (router_name, lambda: _text_of(users[-1].content) if users else "")
+        return await _serve(ctx, request, [req], renderer, body.stream, route if router_name else None)
 
     return router
 
@@ -92,7 +89,10 @@ def _text_of(content) -> str:
 
 
 async def _route(ctx: ServerContext, router_name: str, text: str, reqs: list[EngineRequest]) -> RouteDecision:
-    decision = await ctx.routers.route_async(router_name, text, ctx.engine)
+    try:
+        decision = await ctx.routers.route_async(router_name, text, ctx.engine)
+    except EngineBusy as e:
+        raise ServiceUnavailable(f"the server is busy: {e}", code="engine_busy", headers=ctx.state.retry_after) from e
     for r in reqs:
         if len(decision.adapters) > 1:  # served as the weighted sum of their deltas
             r.adapter, r.mixture = None, decision.adapters
@@ -109,25 +109,51 @@ def _route_info(ctx: ServerContext, decision: RouteDecision) -> tuple[dict, dict
             "fell_back": decision.fell_back}
     if len(decision.adapters) > 1:
         body["mixture"] = [{"adapter": a, "weight": round(w, 4)} for a, w in decision.adapters]
-    header = ",".join(a for a, _ in decision.adapters) if decision.adapters else ctx.models.base_name
-    return body, {"x-loraplex-adapter": header}
+    names = [a for a, _ in decision.adapters] if decision.adapters else [ctx.models.base_name]
+    return body, {"x-loraplex-adapter": ",".join(header_names.encode(n) for n in names)}
+
+
+def _check(ctx: ServerContext, reqs: list[EngineRequest]) -> None:
+    """The engine's own check, once per prompt, while a 4xx can still be sent."""
+    for r in reqs:
+        try:
+            ctx.engine.engine.check_request(r)
+        except ValueError as e:
+            raise _request_error(e) from e
+
+
+def _request_error(e: Exception) -> APIError:
+    if isinstance(e, UnknownAdapter):
+        return NotFound(str(e), "model", "model_not_found")
+    if isinstance(e, ValueError):
+        return BadRequest(str(e))
+    if isinstance(e, EngineDead):
+        return ServiceUnavailable("the engine stopped; the server is restarting", code="engine_dead")
+    log.error("request failed", exc_info=e)
+    return InternalError("internal server error")
 
 
 async def _serve(
     ctx: ServerContext, request: Request, reqs: list[EngineRequest], renderer: Renderer, stream: bool,
-    decision: RouteDecision | None = None,
+    route: tuple[str, Callable[[], str]] | None = None,
 ):
-    for r in reqs:
-        try:
-            ctx.engine.engine.check_request(r)  # now, while a 400 can still be sent
-        except ValueError as e:
-            raise BadRequest(str(e)) from e
-    ticket = ctx.state.admit()
-    lora = reqs[0].lora()  # metrics label: the adapter, or a mixture's heaviest one
-    label = max(lora, key=lambda p: p[1])[0] if lora else ctx.models.base_name
-    stats = RequestStats(ctx.metrics, label, sum(len(r.prompt_ids) for r in reqs))
-    gen = Generation(ctx.engine, reqs, ticket, stats)
-    route_body, route_headers = _route_info(ctx, decision) if decision else (None, {})
+    _check(ctx, reqs)
+    if not ctx.engine.alive:
+        raise ServiceUnavailable("the engine stopped; the server is restarting", code="engine_dead")
+    ticket = ctx.state.admit(sum(r.params.n for r in reqs))  # before routing: a refused request costs no pass
+    try:
+        decision = None
+        if route is not None:
+            decision = await _route(ctx, route[0], route[1](), reqs)
+            _check(ctx, reqs)  # the chosen adapter must fit too
+        lora = reqs[0].lora()  # metrics label: the adapter, or a mixture's heaviest one
+        label = max(lora, key=lambda p: p[1])[0] if lora else ctx.models.base_name
+        stats = RequestStats(ctx.metrics, label, sum(len(r.prompt_ids) for r in reqs))
+        route_body, route_headers = _route_info(ctx, decision) if decision else (None, {})
+        gen = Generation(ctx.engine, reqs, ticket, stats)
+    except BaseException:
+        ticket.close()
+        raise
     if stream:
         response = SSEResponse(_events(gen, renderer), on_close=gen.close)
         response.headers.update(route_headers)
@@ -144,7 +170,7 @@ async def _serve(
     return JSONResponse({**result.model_dump(), "loraplex": route_body}, headers=route_headers)
 
 
-def _engine_error(d) -> BadRequest | InternalError:
+def _engine_error(d) -> APIError:
     """A sequence the engine ended with an error: its adapter is broken (400), or our bug (500)."""
     if d.error_code == "adapter_load_failed":
         return BadRequest(d.error, "model", code="adapter_load_failed")
@@ -159,8 +185,8 @@ async def _collect(gen: Generation) -> dict[int, ChoiceState]:
                 if d.finish_reason == "error":
                     raise _engine_error(d)
                 choices[choice].add(d)
-    except ValueError as e:  # the engine thread's own check refused it: something changed since ours
-        raise BadRequest(str(e)) from e
+    except (ValueError, EngineDead) as e:  # the engine thread refused it (something changed since our check)
+        raise _request_error(e) from e
     return choices
 
 
@@ -178,13 +204,9 @@ async def _events(gen: Generation, renderer: Renderer) -> AsyncIterator[str]:
                     return
                 for chunk in renderer.chunks(choice, d):
                     yield chunk
-    except ValueError as e:
-        yield sse(error_body(str(e), BadRequest.type))
-        yield DONE
-        return
-    except Exception:
-        log.exception("stream %s failed", renderer.request_id)
-        yield sse(error_body("internal server error", InternalError.type))
+    except Exception as e:
+        err = _request_error(e)
+        yield sse(error_body(err.message, err.type, err.param, err.code))
         yield DONE
         return
     if renderer.include_usage:

@@ -1,8 +1,10 @@
 """Admission: the server's phase and its in-flight generation requests.
 
 A request is *waiting* from admission until its first token, then *running* until its response is
-done. `max_queue` bounds the waiting ones (429 beyond it); draining admits nothing (503) and ends
-when nothing is in flight or the drain deadline passes. Everything here runs on the event loop.
+done. Both count sequences (prompts x n), not HTTP requests: `max_queue` bounds the waiting ones
+(429 beyond it; a request larger than the queue is admitted only into an empty one); draining
+admits nothing (503) and ends when nothing is in flight or the drain deadline passes. Everything
+here runs on the event loop.
 """
 
 import time
@@ -30,16 +32,16 @@ class ServerState:
     def in_flight(self) -> int:
         return self.waiting + self.running
 
-    def admit(self) -> "Ticket":
+    def admit(self, seqs: int = 1) -> "Ticket":
         if self.phase is not Phase.READY:
             what = "starting" if self.phase is Phase.STARTING else "shutting down"
             raise ServiceUnavailable(f"the server is {what}", code=self.phase.value, headers=self.retry_after)
-        if self.waiting >= self.max_queue:
+        if self.waiting and self.waiting + seqs > self.max_queue or self.max_queue == 0:
             raise QueueFull(
-                f"too many requests waiting ({self.waiting}); retry later", headers=self.retry_after
+                f"too many sequences waiting ({self.waiting}); retry later", headers=self.retry_after
             )
-        self.waiting += 1
-        return Ticket(self)
+        self.waiting += seqs
+        return Ticket(self, seqs)
 
     def ready(self) -> None:
         if self.phase is Phase.STARTING:
@@ -60,19 +62,20 @@ class ServerState:
 class Ticket:
     """One admitted request. start() on its first token; close() when its response is over. Both idempotent."""
 
-    def __init__(self, state: ServerState):
+    def __init__(self, state: ServerState, seqs: int = 1):
         self._state = state
+        self._seqs = seqs
         self._stage = "waiting"
 
     def start(self) -> None:
         if self._stage == "waiting":
-            self._state.waiting -= 1
-            self._state.running += 1
+            self._state.waiting -= self._seqs
+            self._state.running += self._seqs
             self._stage = "running"
 
     def close(self) -> None:
         if self._stage == "waiting":
-            self._state.waiting -= 1
+            self._state.waiting -= self._seqs
         elif self._stage == "running":
-            self._state.running -= 1
+            self._state.running -= self._seqs
         self._stage = "closed"

@@ -9,6 +9,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import header_names
+
 MODEL_ID_HEADER = b"serve_multiplexed_model_id"
 MAX_PEEK_BYTES = 1 << 20  # bigger bodies pass untouched (the replica answers 413 unless it allows more)
 
@@ -23,7 +25,12 @@ def model_of(body: bytes) -> str | None:
     except ValueError:  # UnicodeDecodeError included
         return None
     model = doc.get("model") if isinstance(doc, dict) else None
-    return model if isinstance(model, str) and model else None
+    if not isinstance(model, str) or not model:
+        return None
+    try:
+        return header_names.encode(model)  # percent-encoded: ReplicaTag decodes it
+    except ValueError:  # not Unicode: no adapter has that name; the replica answers 400
+        return None
 
 
 class ModelIdFromBody:

@@ -32,10 +32,16 @@ class LoraplexReplica:
         self.hold = serve.multiplexed(max_num_models_per_replica=spec.max_adapters)(load)
 
     def __serve_build_asgi_app__(self):
+        from server.api.app import protected_paths
+        from server.api.auth import ApiKeyAuth
+
         ctx = self._loraplex_app.state.loraplex
+        s = ctx.settings
+        auth = ApiKeyAuth(self._loraplex_app, s.api_key, s.admin_key, protected_paths(s))
         self._loraplex_app.add_middleware(
             ReplicaTag, replica=self.replica_id, model_id=serve.get_multiplexed_model_id,
             known=lambda name: ctx.models.reserved(name) or name in ctx.engine.engine.registry, hold=self.hold,
+            authorized=auth.allowed,
         )
         return self._loraplex_app
 

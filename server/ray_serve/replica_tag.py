@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import header_names
+
 REPLICA_HEADER = b"x-loraplex-replica"
 
 log = logging.getLogger(__name__)
@@ -18,13 +20,14 @@ log = logging.getLogger(__name__)
 class ReplicaTag:
     def __init__(
         self, app: ASGIApp, replica: str, model_id: Callable[[], str], known: Callable[[str], bool],
-        hold: Callable[[str], Awaitable[object]],
+        hold: Callable[[str], Awaitable[object]], authorized: Callable[[Scope], bool] = lambda scope: True,
     ):
         self.app = app
         self.replica = replica.encode()
         self.model_id = model_id  # serve.get_multiplexed_model_id
         self.known = known  # names this replica serves; others (404s) must not crowd real ones out of Ray's LRU
         self.hold = hold  # the @serve.multiplexed loader
+        self.authorized = authorized  # a request without the API key must not make the replica load anything
         self._warned = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -32,7 +35,8 @@ class ReplicaTag:
             await self.app(scope, receive, send)
             return
         if model := self.model_id():
-            if self.known(model):
+            model = header_names.decode(model)
+            if self.known(model) and self.authorized(scope):
                 await self.hold(model)
         elif scope["method"] == "POST" and scope["path"].endswith("completions") and not self._warned:
             self._warned = True

@@ -16,7 +16,7 @@ def server(tmp_path_factory, adapter_root):
     """The main server: default limits, room for 32 concurrent sequences, the demo adapters."""
     s = start_server(
         tmp_path_factory.mktemp("main"), "--max-num-seqs", "32", "--adapter-dir", str(DEMO_ADAPTERS),
-        "--allowed-adapter-root", str(adapter_root),
+        "--allowed-adapter-root", str(adapter_root), "--enable-adapter-admin",
     )
     yield s
     stop_server(s)
@@ -51,7 +51,7 @@ def routed_server(tmp_path_factory):
     s = start_server(
         tmp_path_factory.mktemp("routed"), "--adapter-dir", str(DEMO_ADAPTERS), "--router", "auto=embedding",
         "--router", f"ops=rules:{rules}", "--router", "arrow=arrow", "--router", "blend=arrow:top_k=2,threshold=1.0",
-        "--allowed-adapter-root", str(DEMO_ADAPTERS),
+        "--allowed-adapter-root", str(DEMO_ADAPTERS), "--enable-adapter-admin",
     )
     yield s
     stop_server(s)

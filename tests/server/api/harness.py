@@ -32,6 +32,7 @@ class Server:
     proc: subprocess.Popen
     url: str  # http://127.0.0.1:PORT
     log: Path
+    api_key: str | None = None  # --api-key also guards /metrics
 
     def client(self, api_key: str = "unused") -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0)
@@ -41,7 +42,8 @@ class Server:
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample: (name, sorted labels) -> value."""
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        text = httpx.get(f"{self.url}/metrics", headers=headers, timeout=10).text
         return {
             (s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(text)
@@ -72,7 +74,8 @@ def start_server(log_dir: Path, *flags: str, env: dict[str, str] | None = None) 
     ]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    key = flags[flags.index("--api-key") + 1] if "--api-key" in flags else None
+    server = Server(proc, f"http://127.0.0.1:{port}", log, key)
     try:
         wait_healthy(proc, server.url, log)
     except BaseException:  # never leave a half-started server behind

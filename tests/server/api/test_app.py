@@ -9,6 +9,8 @@ from server.engine.async_engine import AsyncEngine
 ORIGIN = "https://ui.example"
 PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
 
+TESTCLIENT = {"allowed_hosts": ["testserver"]}  # the Host header TestClient sends
+
 
 @pytest.fixture(scope="module")
 def engine(make_engine):
@@ -16,14 +18,14 @@ def engine(make_engine):
 
 
 def test_no_cors_headers_without_cors_origin(engine):
-    with TestClient(build_app(engine, ServerSettings())) as client:
+    with TestClient(build_app(engine, ServerSettings(**TESTCLIENT))) as client:
         r = client.options("/v1/chat/completions", headers=PREFLIGHT)
         assert "access-control-allow-origin" not in r.headers
         assert "access-control-allow-origin" not in client.get("/v1/models", headers={"Origin": ORIGIN}).headers
 
 
 def test_cors_allows_only_the_configured_origin(engine):
-    with TestClient(build_app(engine, ServerSettings(cors_origins=[ORIGIN], api_key="k"))) as client:
+    with TestClient(build_app(engine, ServerSettings(cors_origins=[ORIGIN], api_key="k", **TESTCLIENT))) as client:
         r = client.options("/v1/chat/completions", headers=PREFLIGHT)
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ORIGIN  # no key needed
         r = client.options("/v1/chat/completions", headers={**PREFLIGHT, "Origin": "https://evil.example"})
@@ -31,14 +33,14 @@ def test_cors_allows_only_the_configured_origin(engine):
 
 
 def test_served_model_name(engine):
-    with TestClient(build_app(engine, ServerSettings(served_model_name="smol"))) as client:
+    with TestClient(build_app(engine, ServerSettings(served_model_name="smol", **TESTCLIENT))) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["smol"]
         r = client.post("/v1/completions", json={"model": "SmolLM2-135M-Instruct", "prompt": "x"})
         assert r.status_code == 404
 
 
 def test_health_is_503_until_started(engine):
-    app = build_app(engine, ServerSettings())
+    app = build_app(engine, ServerSettings(**TESTCLIENT))
     client = TestClient(app)  # outside `with`: no lifespan, so the app never became ready
     r = client.get("/health")
     assert r.status_code == 503 and r.json() == {"status": "starting"} and "retry-after" in r.headers

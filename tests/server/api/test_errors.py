@@ -132,12 +132,13 @@ def test_missing_or_wrong_key_is_401(strict_server, headers):
     assert_still_serving(strict_server, KEY)
 
 
-def test_the_key_opens_v1_and_health_and_metrics_stay_open(strict_server):
+def test_the_key_opens_v1_and_metrics_and_health_stays_open(strict_server):
     with pytest.raises(openai.AuthenticationError):
         strict_server.client("wrong").models.list()
     assert [m.id for m in strict_server.client("sesame").models.list().data] == [MODEL]
     assert httpx.get(f"{strict_server.url}/health").status_code == 200
-    assert httpx.get(f"{strict_server.url}/metrics").status_code == 200
+    assert httpx.get(f"{strict_server.url}/metrics").status_code == 401
+    assert httpx.get(f"{strict_server.url}/metrics", headers=KEY).status_code == 200
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
