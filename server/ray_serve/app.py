@@ -40,7 +40,8 @@ def _anchor_paths(ns) -> None:
 
 def parse_args(args: dict[str, object]) -> tuple[RayServeConfig, ReplicaSpec]:
     """`serve-ray` flags without their dashes, as a dict, -> what Ray runs and what each replica builds."""
-    from server.cli import build_parser, ray_serve_config
+    from server.flags import build_parser
+    from server.ray_serve.config import ray_serve_config
 
     parser, finish = build_parser()
     ns = parser.parse_args(["serve-ray", *_argv(args)])

@@ -1,9 +1,11 @@
 """What Ray runs (replica count, autoscaling, resources, proxy address) and what each replica builds."""
 
+import argparse
 from dataclasses import dataclass
 
 from server.api.settings import ServerSettings
 from server.config import EngineConfig
+from server.flags import engine_config, server_settings
 
 DEPLOYMENT = "LoraplexReplica"
 
@@ -75,3 +77,21 @@ class RayServeConfig:
         else:
             opts["num_replicas"] = self.num_replicas
         return opts
+
+
+def ray_serve_config(args: argparse.Namespace) -> "tuple[RayServeConfig, ReplicaSpec]":
+    """`serve-ray` flags -> what Ray runs and what each replica builds. ValueError names a bad flag."""
+    if args.allowed_adapter_root or args.enable_adapter_admin:
+        raise ValueError("--allowed-adapter-root / --enable-adapter-admin: a run-time adapter load or unload would "
+                         "reach one replica only; register adapters at start with --adapter or --adapter-dir")
+    device = args.device
+    if device == "auto":  # the replicas' hardware, not this process's: a replica sees a GPU only if it asks for one
+        device = "cuda" if args.replica_gpus > 0 else "cpu"
+    cfg = RayServeConfig(
+        num_replicas=args.num_replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests, max_ongoing_requests=args.max_ongoing_requests,
+        replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus, graceful_shutdown_s=args.drain_timeout,
+        host=args.host, port=args.port, app_name=args.app_name, ray_address=args.ray_address,
+    )
+    spec = ReplicaSpec(server_settings(args), engine_config(args, device), args.max_adapters_per_replica)
+    return cfg, spec

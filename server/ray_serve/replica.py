@@ -17,7 +17,7 @@ from server.ray_serve.replica_tag import ReplicaTag
 @serve.ingress()
 class LoraplexReplica:
     def __init__(self, spec: ReplicaSpec):
-        from server.cli import build_server  # torch and the model load here, in the replica
+        from server.startup import build_server  # torch and the model load here, in the replica
 
         logging.basicConfig(level=spec.settings.log_level.upper())
         logging.getLogger("server").setLevel(spec.settings.log_level.upper())

@@ -189,7 +189,8 @@ class StatusWatch:
 
 @pytest.fixture(scope="module")
 def cluster():
-    from server.cli import build_parser, ray_serve_config
+    from server.flags import build_parser
+    from server.ray_serve.config import ray_serve_config
 
     port = free_port()
     parser, finish = build_parser()

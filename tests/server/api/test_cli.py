@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.cli import build_parser
+from server.flags import build_parser
 
 FLAGS = [
     "--model", "--served-model-name", "--adapter", "--adapter-dir", "--allowed-adapter-root", "--router", "--host",
