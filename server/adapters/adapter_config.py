@@ -1,11 +1,16 @@
-"""Read and validate a PEFT adapter_config.json against the base model, without touching the weights."""
+"""Validate a PEFT adapter_config.json against the base model, without touching the weights.
+
+Its patterns (a target_modules regex, layers_pattern) are matched with RE2, in time linear in the
+input: under Python's re a pattern like "(.*){20}z" backtracks for hours with the GIL held.
+"""
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import re2
 
 from server.adapters.types import MODULES, AdapterError
 
@@ -27,6 +32,11 @@ HANDLED_FIELDS = frozenset({
 # These initialisations rewrite the base weights too; an adapter saved without converting them is only
 # correct on that rewritten base.
 BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
+MAX_PATTERN_CHARS = 1024
+MAX_TARGETS = 4096  # names in a target_modules list (PEFT configs may list every layer's modules)
+MAX_LAYER_PATTERNS = 64
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a bad pattern is the adapter's problem, reported in its AdapterError
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,21 +102,32 @@ def parse_adapter_config(name: str, raw: dict, num_layers: int, max_rank: int) -
 
     targets = raw.get("target_modules")
     if isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets):
-        targets = tuple(targets)
-    elif not isinstance(targets, str):
+        targets = tuple(dict.fromkeys(targets))  # order kept: errors name the first bad one
+        if len(targets) > MAX_TARGETS:
+            raise _fail(name, f"target_modules lists {len(targets)} names, more than {MAX_TARGETS}")
+        if long := next((t for t in targets if len(t) > MAX_PATTERN_CHARS), None):
+            raise _fail(name, f"target_modules name {long[:40]!r}... is longer than {MAX_PATTERN_CHARS} characters")
+    elif isinstance(targets, str):
+        if len(targets) > MAX_PATTERN_CHARS:
+            raise _fail(name, f"target_modules regex is longer than {MAX_PATTERN_CHARS} characters")
+    else:
         raise _fail(name, f"target_modules must be a list of names, a regex or 'all-linear', got {targets!r}")
     layers_to_transform = raw.get("layers_to_transform")
     if _is_int(layers_to_transform):
         layers_to_transform = (layers_to_transform,)
     elif isinstance(layers_to_transform, list) and all(_is_int(i) for i in layers_to_transform):
-        layers_to_transform = tuple(layers_to_transform) or None  # PEFT treats [] as "every layer"
+        layers_to_transform = tuple(sorted(set(layers_to_transform))) or None  # PEFT treats [] as "every layer"
     elif layers_to_transform is not None:
         raise _fail(name, f"layers_to_transform must be an integer or a list of integers, got {layers_to_transform!r}")
     pattern = raw.get("layers_pattern")
     if isinstance(pattern, list) and all(isinstance(p, str) for p in pattern):
         pattern = tuple(pattern)
+        if len(pattern) > MAX_LAYER_PATTERNS:
+            raise _fail(name, f"layers_pattern lists {len(pattern)} patterns, more than {MAX_LAYER_PATTERNS}")
     elif pattern is not None and not isinstance(pattern, str):
         raise _fail(name, f"layers_pattern must be a string or a list of strings, got {pattern!r}")
+    if pattern and any(len(p) > MAX_PATTERN_CHARS for p in ((pattern,) if isinstance(pattern, str) else pattern)):
+        raise _fail(name, f"layers_pattern is longer than {MAX_PATTERN_CHARS} characters")
     try:
         modules, layers = resolve_targets(targets, layers_to_transform, pattern or None, num_layers)
     except AdapterError as e:
@@ -133,17 +154,25 @@ def _module_names(num_layers: int) -> list[str]:
     return names
 
 
-def _layer_of(key: str, layers_pattern) -> int | None:
+def compile_pattern(regex: str, field: str, given: str):
+    """RE2 (linear time); AdapterError naming the field for what RE2 cannot run (backreferences, lookaround)."""
+    try:
+        return re2.compile(regex, _RE2_OPTIONS)
+    except re2.error as e:
+        reason = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise AdapterError(f"{field} {given!r} is not a valid RE2 regex ({reason}); RE2 syntax is required:"
+                           f" no backreferences or lookaround") from None
+
+
+_ANY_LAYER = re2.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")
+
+
+def _layer_of(key: str, layer_regexes) -> int | None:
     """PEFT's layer-index extraction for layers_to_transform (first numbered segment)."""
-    if not layers_pattern:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
-    else:
-        patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
-        match = None
-        for pattern in patterns:
-            if match := re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key):
-                break
-    return int(match["idx"]) if match else None
+    for regex in layer_regexes or (_ANY_LAYER,):
+        if match := regex.match(key):
+            return int(match["idx"])
+    return None
 
 
 @lru_cache(maxsize=1024)  # adapters share a handful of target specs; 10,000 registrations resolve each once
@@ -165,24 +194,21 @@ def resolve_targets(targets: str | tuple[str, ...], layers_to_transform: tuple[i
         if targets.lower() == "all-linear":
             matched = [k for k in keys if k in supported]
         else:
-            try:
-                regex = re.compile(targets)
-            except re.error as e:
-                raise AdapterError(f"target_modules regex {targets!r} is invalid: {e}") from None
+            regex = compile_pattern(targets, "target_modules regex", targets)
             matched = [k for k in keys if regex.fullmatch(k)]
         if not matched:
             raise AdapterError(f"target_modules regex {targets!r} matches no module of the base model")
     else:
+        patterns = (layers_pattern,) if isinstance(layers_pattern, str) else layers_pattern or ()
+        layer_regexes = [compile_pattern(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", "layers_pattern", p)
+                         for p in patterns] if layers_to_transform is not None else []
         matched = []
         for target in targets:
             hits = [k for k in keys if k == target or k.endswith("." + target)]
             if not hits:
                 raise AdapterError(f"target module {target!r} is not supported (only {', '.join(MODULES)})")
             if layers_to_transform is not None and target not in keys:
-                try:
-                    hits = [k for k in hits if _layer_of(k, layers_pattern) in layers_to_transform]
-                except re.error as e:
-                    raise AdapterError(f"layers_pattern {layers_pattern!r} is not a valid regex: {e}") from None
+                hits = [k for k in hits if _layer_of(k, layer_regexes) in layers_to_transform]
             matched += hits
 
     unsupported = sorted({k for k in matched if k not in supported})
