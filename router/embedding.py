@@ -1,30 +1,17 @@
 """Nearest-example routing on the base model's own token embeddings (semantic-router style).
 
-An adapter may carry example prompts and a description (`loraplex.json` in its folder). Each is
-embedded once as the mean of the base model's input embeddings over its tokens, centred on the mean
-of all examples (what every prompt shares carries no signal) and normalised. A prompt goes to the
-adapter that gathers the most similarity among its k nearest examples; below the threshold, to the
-fallback. On the demo tasks' held-out prompts this routes 200/200 with no forward pass at all.
+An adapter may carry example prompts and a description (`loraplex.json` in its folder, checked at
+registration and carried by its AdapterRef as `routing_texts`). Each is embedded once as the mean of
+the base model's input embeddings over its tokens, centred on the mean of all examples (what every
+prompt shares carries no signal) and normalised. A prompt goes to the adapter that gathers the most
+similarity among its k nearest examples; below the threshold, to the fallback. On the demo tasks'
+held-out prompts this routes 200/200 with no forward pass at all.
 """
-
-import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from router.decision import RouteDecision
-
-EXAMPLES_FILE = "loraplex.json"
-
-
-def read_examples(adapter_dir: Path) -> list[str]:
-    """Example prompts and the description of an adapter, if it ships loraplex.json."""
-    path = Path(adapter_dir) / EXAMPLES_FILE
-    if not path.is_file():
-        return []
-    meta = json.loads(path.read_text())
-    return [*meta.get("examples", []), *([meta["description"]] if meta.get("description") else [])]
 
 
 class EmbeddingRouter:
@@ -40,6 +27,8 @@ class EmbeddingRouter:
         return self.table[torch.tensor(ids, dtype=torch.long)].mean(0)  # (D,)
 
     def add(self, adapter: str, examples: list[list[int]]) -> None:
+        """An example of no tokens has no mean: it would turn every score into NaN, so it is skipped."""
+        examples = [ids for ids in examples if ids]
         if examples:
             self._raw[adapter] = torch.stack([self.embed(ids) for ids in examples])
             self._index = None

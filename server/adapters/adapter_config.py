@@ -8,7 +8,6 @@ import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import re2
 
@@ -54,26 +53,14 @@ def _fail(name: str, problem: str) -> AdapterError:
     return AdapterError(f"adapter {name!r}: {problem}")
 
 
-def check_files(name: str, path: Path) -> None:
-    """Both PEFT files present; a pickle-only adapter is refused (we never unpickle)."""
-    if not path.is_dir():
-        raise _fail(name, f"{path} is not a directory")
-    if not (path / CONFIG_FILE).is_file():
-        raise _fail(name, f"missing {CONFIG_FILE} in {path}")
-    if not (path / WEIGHTS_FILE).is_file():
-        if (path / PICKLE_FILE).is_file():
-            raise _fail(name, f"only pickle weights ({PICKLE_FILE}) in {path}; convert them to {WEIGHTS_FILE}")
-        raise _fail(name, f"missing {WEIGHTS_FILE} in {path}")
-
-
-def read_adapter_config(name: str, path: Path, num_layers: int, max_rank: int) -> AdapterSpec:
+def load_config_json(name: str, data: bytes) -> dict:
     try:
-        raw = json.loads((path / CONFIG_FILE).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
         raise _fail(name, f"cannot read {CONFIG_FILE}: {e}") from None
     if not isinstance(raw, dict):
         raise _fail(name, f"{CONFIG_FILE} is not a JSON object")
-    return parse_adapter_config(name, raw, num_layers, max_rank)
+    return raw
 
 
 def parse_adapter_config(name: str, raw: dict, num_layers: int, max_rank: int) -> AdapterSpec:

@@ -1,53 +1,115 @@
-"""Read an adapter's LoRA factors from adapter_model.safetensors and check them against its ref and the base."""
+"""An adapter's LoRA factors: adapter_model.safetensors read whole as bytes, checked against its config and the base.
 
+Registration reads and checks the file once and records its digest; a later read (the host cache
+evicted the weights) must find the same bytes, so what an adapter computes never changes under its
+name, whatever happens to the folder afterwards.
+"""
+
+import hashlib
+import json
+from collections.abc import Iterator
+
+import safetensors
 import torch
-from safetensors import SafetensorError, safe_open
 
-from server.adapters.adapter_config import WEIGHTS_FILE, check_files
+from server.adapters.adapter_config import WEIGHTS_FILE, AdapterSpec
+from server.adapters.files import AdapterDir
 from server.adapters.shapes import module_shapes, peft_key
 from server.adapters.types import AdapterError, AdapterRef, AdapterWeights
 
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}  # safetensors dtype names
+FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+HEADER_BYTES = 64 << 10  # the safetensors JSON header, plus a little per tensor below
+
+Expected = dict[str, tuple[str, tuple[int, str], tuple[int, int]]]  # PEFT key -> ("a" | "b", (layer, module), shape)
+
+
+def expected_tensors(spec: AdapterSpec | AdapterRef, base_config) -> Expected:
+    shapes = module_shapes(base_config)
+    expected: Expected = {}
+    for layer in spec.layers:
+        for module in spec.target_modules:
+            fan_in, fan_out = shapes[module]
+            expected[peft_key(layer, module, "A")] = ("a", (layer, module), (spec.rank, fan_in))
+            expected[peft_key(layer, module, "B")] = ("b", (layer, module), (fan_out, spec.rank))
+    return expected
+
+
+def weights_limit(spec: AdapterSpec | AdapterRef, base_config) -> int:
+    """The largest file the config can explain: every expected tensor in float64, and its header."""
+    expected = expected_tensors(spec, base_config)
+    return sum(r * c for _, _, (r, c) in expected.values()) * 8 + HEADER_BYTES + 256 * len(expected)
+
+
+def content_digest(spec: AdapterSpec | AdapterRef, data: bytes) -> str:
+    """sha256 of what decides the adapter's math: the config fields we use and the weights file."""
+    fields = [spec.rank, spec.alpha, spec.use_rslora, list(spec.target_modules), list(spec.layers)]
+    h = hashlib.sha256(json.dumps(fields).encode())
+    h.update(b"\0")
+    h.update(data)
+    return h.hexdigest()
+
+
+def check_weights(name: str, spec: AdapterSpec | AdapterRef, data: bytes, base_config, dtype: torch.dtype) -> None:
+    """What parse_weights would refuse, without keeping the tensors (registration)."""
+    for _ in _checked(name, spec, data, base_config, dtype):
+        pass
+
+
+def parse_weights(name: str, spec: AdapterSpec | AdapterRef, data: bytes, base_config, dtype: torch.dtype,
+                  ) -> tuple[dict[tuple[int, str], torch.Tensor], dict[tuple[int, str], torch.Tensor]]:
+    """(A by (layer, module), B by (layer, module)), cast to dtype; nothing else may be in the file."""
+    factors: dict[str, dict[tuple[int, str], torch.Tensor]] = {"a": {}, "b": {}}
+    for factor, slot, tensor in _checked(name, spec, data, base_config, dtype):
+        factors[factor][slot] = tensor.to(dtype)
+    return factors["a"], factors["b"]
+
+
+def _checked(name: str, spec: AdapterSpec | AdapterRef, data: bytes, base_config, dtype: torch.dtype,
+             ) -> Iterator[tuple[str, tuple[int, str], torch.Tensor]]:
+    """Each expected tensor in its file dtype, once it is known to be finite also in dtype."""
+
+    def fail(problem: str) -> AdapterError:
+        return AdapterError(f"adapter {name!r}: {problem}")
+
+    expected = expected_tensors(spec, base_config)
+    try:
+        tensors = dict(safetensors.deserialize(data))  # key -> {"dtype", "shape", "data": bytearray}
+    except Exception as e:  # SafetensorError, or whatever else a malformed header raises
+        raise fail(f"{WEIGHTS_FILE} is not a readable safetensors file: {e}") from None
+    if extra := sorted(tensors.keys() - expected.keys()):
+        raise fail(f"unexpected tensor {extra[0]!r} in {WEIGHTS_FILE} ({len(extra)} unexpected in all)")
+    if missing := sorted(expected.keys() - tensors.keys(), key=_natural):
+        raise fail(f"missing tensor {missing[0]!r} in {WEIGHTS_FILE} ({len(missing)} missing in all)")
+    largest = torch.finfo(dtype).max
+    for key, (factor, slot, shape) in expected.items():
+        info = tensors.pop(key)
+        if info["dtype"] not in FLOAT_DTYPES:
+            raise fail(f"tensor {key!r} has dtype {info['dtype']}, not a float type")
+        if tuple(info["shape"]) != shape:
+            raise fail(f"tensor {key!r} has shape {tuple(info['shape'])}, the base model needs {shape} (r={spec.rank})")
+        tensor = torch.frombuffer(info["data"], dtype=FLOAT_DTYPES[info["dtype"]]).view(shape)
+        peak = float(tensor.abs().max())  # max propagates NaN; far faster than isfinite().all() on f16
+        if not peak <= largest:  # also what would overflow to inf in a narrower dtype
+            raise fail(f"tensor {key!r} holds non-finite values (NaN or inf) in {dtype}")
+        yield factor, slot, tensor
+
+
+def read_weights(ref: AdapterRef, base_config) -> bytes:
+    """The weights file again, as safely as at registration; AdapterError unless it is what was registered."""
+    with AdapterDir(ref.name, ref.path, ref.root) as folder:
+        data = folder.read(WEIGHTS_FILE, weights_limit(ref, base_config))
+    if data is None:
+        raise AdapterError(f"adapter {ref.name!r}: missing {WEIGHTS_FILE} in {ref.path}")
+    if content_digest(ref, data) != ref.digest:
+        raise AdapterError(f"adapter {ref.name!r}: {WEIGHTS_FILE} changed on disk since it was registered;"
+                           f" register it again to serve the new weights")
+    return data
 
 
 def load_adapter_weights(ref: AdapterRef, base_config, dtype: torch.dtype = torch.float32) -> AdapterWeights:
-    """Every A (r, in) and B (out, r) the ref promises, cast to dtype; nothing else may be in the file."""
-    check_files(ref.name, ref.path)  # the folder may have changed since registration
-    shapes = module_shapes(base_config)
-    expected: dict[str, tuple[str, tuple[int, str], tuple[int, int]]] = {}
-    for layer in ref.layers:
-        for module in ref.target_modules:
-            fan_in, fan_out = shapes[module]
-            expected[peft_key(layer, module, "A")] = ("a", (layer, module), (ref.rank, fan_in))
-            expected[peft_key(layer, module, "B")] = ("b", (layer, module), (fan_out, ref.rank))
-
-    def fail(problem: str) -> AdapterError:
-        return AdapterError(f"adapter {ref.name!r}: {problem}")
-
-    factors: dict[str, dict[tuple[int, str], torch.Tensor]] = {"a": {}, "b": {}}
-    try:
-        with safe_open(ref.path / WEIGHTS_FILE, framework="pt") as f:
-            keys = set(f.keys())
-            if extra := sorted(keys - expected.keys()):
-                raise fail(f"unexpected tensor {extra[0]!r} in {WEIGHTS_FILE} ({len(extra)} unexpected in all)")
-            if missing := sorted(expected.keys() - keys, key=_natural):
-                raise fail(f"missing tensor {missing[0]!r} in {WEIGHTS_FILE} ({len(missing)} missing in all)")
-            for key, (factor, slot, shape) in expected.items():
-                meta = f.get_slice(key)
-                if meta.get_dtype() not in FLOAT_DTYPES:
-                    raise fail(f"tensor {key!r} has dtype {meta.get_dtype()}, not a float type")
-                if tuple(meta.get_shape()) != shape:
-                    raise fail(f"tensor {key!r} has shape {tuple(meta.get_shape())}, the base model needs {shape}"
-                               f" (r={ref.rank})")
-                tensor = f.get_tensor(key).to(dtype)
-                if not torch.isfinite(tensor).all():
-                    raise fail(f"tensor {key!r} holds non-finite values (NaN or inf) in {dtype}")
-                factors[factor][slot] = tensor.contiguous()
-    except SafetensorError as e:
-        raise fail(f"{WEIGHTS_FILE} is not a readable safetensors file: {e}") from None
-    except OSError as e:
-        raise fail(f"cannot read {WEIGHTS_FILE}: {e}") from None
-    return AdapterWeights(ref, factors["a"], factors["b"])
+    """Every A (r, in) and B (out, r) the ref promises, cast to dtype."""
+    a, b = parse_weights(ref.name, ref, read_weights(ref, base_config), base_config, dtype)
+    return AdapterWeights(ref, a, b)
 
 
 def _natural(key: str) -> list:

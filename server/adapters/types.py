@@ -17,7 +17,7 @@ class AdapterError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class AdapterRef:
-    """Immutable handle of a registered adapter (metadata only; weights load on first use)."""
+    """Immutable handle of a registered adapter; its weights were checked at registration and load on first use."""
 
     id: int  # unique for the process lifetime, never reused
     name: str
@@ -27,10 +27,19 @@ class AdapterRef:
     use_rslora: bool
     target_modules: tuple[str, ...]  # subset of MODULES, in MODULES order
     layers: tuple[int, ...]  # decoder layers it touches (all, unless layers_to_transform)
+    digest: str = ""  # sha256 (hex) of the math config fields and the weights file: the adapter's content identity
+    examples: tuple[str, ...] = ()  # example prompts from loraplex.json, for the embedding router
+    description: str | None = None  # from loraplex.json
+    root: Path | None = None  # the allowed root it was loaded under; weights are re-read only from inside it
 
     @property
     def scaling(self) -> float:
         return self.alpha / (self.rank**0.5 if self.use_rslora else self.rank)
+
+    @property
+    def routing_texts(self) -> tuple[str, ...]:
+        """What the embedding router embeds: the examples, then the description."""
+        return (*self.examples, self.description) if self.description else self.examples
 
 
 @dataclass(slots=True)

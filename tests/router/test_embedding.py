@@ -1,11 +1,13 @@
 """The embedding router on the demo adapters' own examples, scored on held-out prompts."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from router.embedding import EmbeddingRouter, read_examples
+from router.embedding import EmbeddingRouter
+from server.adapters.metadata import METADATA_FILE, parse_metadata
 from server.model.loader import load_weights
 
 DEMO = Path(__file__).resolve().parents[2] / "server" / "adapters" / "demo"
@@ -16,7 +18,8 @@ def router(checkpoint):
     r = EmbeddingRouter("auto", load_weights(checkpoint.directory)["model.embed_tokens.weight"])
     tok = checkpoint.tokenizer
     for folder in sorted((DEMO / "adapters").iterdir()):
-        r.add(folder.name, [tok(t)["input_ids"] for t in read_examples(folder)])
+        meta = parse_metadata(folder.name, (folder / METADATA_FILE).read_bytes())
+        r.add(folder.name, [tok(t)["input_ids"] for t in (*meta.examples, meta.description) if t])
     return r
 
 
@@ -40,3 +43,14 @@ def test_remove_and_default(router, checkpoint):
     assert router.route(ids).adapter != "sentiment"
     router.default = "arithmetic"
     assert router.route(checkpoint.tokenizer("Hello there")["input_ids"]).adapter == "arithmetic"
+
+
+def test_an_example_of_no_tokens_is_skipped(checkpoint):
+    table = load_weights(checkpoint.directory)["model.embed_tokens.weight"]
+    r = EmbeddingRouter("auto", table, threshold=-1.0)
+    tok = checkpoint.tokenizer
+    r.add("empty", [[]])  # nothing left to embed: not added at all
+    r.add("math", [[], tok("What is 2 + 2?")["input_ids"]])
+    r.add("text", [tok("Reverse the word: hello")["input_ids"]])
+    d = r.route(tok("What is 3 + 5?")["input_ids"])
+    assert d.adapter == "math" and all(math.isfinite(s) for s in d.scores.values()), d.scores

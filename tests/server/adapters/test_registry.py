@@ -1,19 +1,16 @@
-"""Registration reads metadata only; names resolve to immutable refs with ids that are never reused."""
+"""Registration checks a whole folder but keeps only metadata; names resolve to immutable refs with ids never reused."""
 
-import json
 
 import pytest
 
-from server.adapters.adapter_config import CONFIG_FILE, WEIGHTS_FILE
 from server.adapters.host_cache import HostCache
 from server.adapters.registry import AdapterRegistry
-from server.adapters.synthetic import SyntheticSpec, peft_config
 from server.adapters.types import MODULES, AdapterError
 from tests.server.adapters.helpers import patch_config
 
 
 def never_load(ref, config, dtype):
-    raise AssertionError(f"registration must not read weights ({ref.name})")
+    raise AssertionError(f"registration must not fill the host cache ({ref.name})")
 
 
 def test_register_reads_the_config(tiny_config, make_adapter):
@@ -32,8 +29,9 @@ def test_layers_to_transform(tiny_config, make_adapter):
     registry = AdapterRegistry(tiny_config)
     ref = registry.register("top", make_adapter(layers=[2, 1]))
     assert ref.layers == (1, 2)
-    patch_config(ref.path, layers_to_transform=0)  # PEFT also takes a single int
-    assert registry.register("first", ref.path).layers == (0,)
+    first = make_adapter("first", layers=[0])
+    patch_config(first, layers_to_transform=0)  # PEFT also takes a single int
+    assert registry.register("first", first).layers == (0,)
 
 
 @pytest.mark.parametrize("targets, modules", [
@@ -117,20 +115,17 @@ def test_register_dir_missing(tiny_config, tmp_path):
         AdapterRegistry(tiny_config).register_dir(tmp_path / "nope")
 
 
-def test_two_thousand_registrations_read_no_weights(tiny_config, tmp_path):
+def test_two_thousand_registrations_keep_no_weights(tiny_config, make_adapter, tmp_path):
+    """Registration reads and checks each folder's weights, but holds none: they load on first use."""
     root = tmp_path / "many"
     target_sets = [("q_proj", "v_proj"), MODULES[:4], MODULES[4:], MODULES]
     for i in range(2000):
-        folder = root / f"ad{i:04d}"
-        folder.mkdir(parents=True)
-        spec = SyntheticSpec((4, 8, 16, 32)[i % 4], 16.0, i % 3 == 0, target_sets[i % 4])
-        (folder / CONFIG_FILE).write_text(json.dumps(peft_config(spec)))
-        (folder / WEIGHTS_FILE).touch()  # registration only checks that it exists
+        make_adapter(f"ad{i:04d}", (4, 8, 16, 32)[i % 4], target_sets[i % 4], rslora=i % 3 == 0, root=root)
     cache = HostCache(tiny_config, loader=never_load)
     registry = AdapterRegistry(tiny_config, host_cache=cache)
     refs = registry.register_dir(root)
     assert len(refs) == len(registry) == 2000
-    assert len({r.id for r in refs}) == 2000
+    assert len({r.id for r in refs}) == 2000 and len({r.digest for r in refs}) == 2000
     assert refs[1].rank == 8 and refs[3].target_modules == MODULES and refs[3].use_rslora
     stats = cache.stats
     assert (stats.loads, stats.misses, stats.entries, stats.bytes) == (0, 0, 0, 0)
