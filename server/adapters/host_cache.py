@@ -18,7 +18,7 @@ class HostCacheStats:
     hits: int  # get_or_load answered from memory (including waits on another thread's load)
     misses: int  # get_or_load had to load (or wait for a load)
     loads: int  # successful reads from disk
-    failures: int  # loads that raised AdapterError
+    failures: int  # loads that failed (raised as AdapterError)
     evictions: int  # entries dropped to stay under the budget
     bytes: int  # held now
     entries: int  # adapters held now
@@ -72,13 +72,17 @@ class HostCache:
             if weights.nbytes > self.budget:
                 raise AdapterError(f"adapter {ref.name!r}: its weights take {weights.nbytes} bytes, more than the"
                                    f" whole host cache ({self.budget} bytes)")
-        except AdapterError as e:
+        except Exception as e:  # a broken file or a failed allocation fails this adapter's requests only
+            error = e if isinstance(e, AdapterError) else AdapterError(
+                f"adapter {ref.name!r}: loading failed: {type(e).__name__}: {e}")
             with self._lock:
                 self._failures += 1
                 del self._pending[ref.id]
-            pending.error = e
+            pending.error = error
             pending.done.set()
-            raise
+            if error is e:
+                raise
+            raise error from e
         except BaseException:
             with self._lock:
                 del self._pending[ref.id]

@@ -9,7 +9,7 @@ import torch
 from server.adapters.registry import AdapterRegistry
 from server.adapters.shapes import module_shapes
 from server.adapters.types import MODULES, AdapterError, AdapterRef
-from server.memory.adapter_pages import AdapterPages, TensorKey
+from server.memory.adapter_pages import AdapterPages, Placement, TensorKey
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,22 @@ class AdapterManager:
         if self._users[adapter_id] == 0:
             del self._users[adapter_id]
             if not self._registered(adapter_id):  # unloaded while in use: free it now
-                self.pages.drop(adapter_id)
-                self._refs.pop(adapter_id, None)
+                self._forget(adapter_id)
+
+    def unregister(self, name: str) -> AdapterRef:
+        """On the engine thread (the pool is the engine's); KeyError for an unknown name.
+
+        New requests stop resolving the name at once. An idle adapter's pool pages are freed now; one in
+        use keeps them until its last request finishes (unhold frees them then)."""
+        ref = self.registry.unregister(name)
+        if not self.in_use(ref.id):
+            self._forget(ref.id)
+        return ref
+
+    def _forget(self, adapter_id: int) -> None:
+        if self.pages.drop(adapter_id):
+            self._offsets.pop(adapter_id, None)
+            self._refs.pop(adapter_id, None)
 
     def _registered(self, adapter_id: int) -> bool:
         try:
@@ -78,26 +92,33 @@ class AdapterManager:
         if new:
             t0 = time.perf_counter()
             try:
-                weights = self.registry.weights(ref)
-            except AdapterError:
+                self._page_in(ref, placement)
+            except BaseException as e:  # never leave it pinned without offsets: every later step would fail
                 self.pages.release(adapter_id)
                 self.pages.drop(adapter_id)
-                raise
-            flat = self.pool_flat
-            for (layer, m), a in weights.a.items():
-                off = placement.offsets[(layer, m, "a")]
-                flat[off : off + a.numel()].copy_(a.reshape(-1))
-            for (layer, m), b in weights.b.items():
-                off = placement.offsets[(layer, m, "b")]
-                flat[off : off + b.numel()].copy_(b.reshape(-1))
-            a_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
-            b_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
-            for (layer, m, ab), off in placement.offsets.items():
-                (a_off if ab == "a" else b_off)[layer, MODULES.index(m)] = off
-            self._offsets[adapter_id] = (a_off, b_off)
+                self._offsets.pop(adapter_id, None)
+                if isinstance(e, AdapterError) or not isinstance(e, Exception):
+                    raise
+                raise AdapterError(f"adapter {ref.name!r}: loading into the pool failed: {type(e).__name__}: {e}"
+                                   ) from e
             if self.on_load is not None:
                 self.on_load(time.perf_counter() - t0)
         return True
+
+    def _page_in(self, ref: AdapterRef, placement: Placement) -> None:
+        weights = self.registry.weights(ref)
+        flat = self.pool_flat
+        for (layer, m), a in weights.a.items():
+            off = placement.offsets[(layer, m, "a")]
+            flat[off : off + a.numel()].copy_(a.reshape(-1))
+        for (layer, m), b in weights.b.items():
+            off = placement.offsets[(layer, m, "b")]
+            flat[off : off + b.numel()].copy_(b.reshape(-1))
+        a_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
+        b_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
+        for (layer, m, ab), off in placement.offsets.items():
+            (a_off if ab == "a" else b_off)[layer, MODULES.index(m)] = off
+        self._offsets[ref.id] = (a_off, b_off)
 
     def release(self, adapter_id: int) -> None:
         self.pages.release(adapter_id)
