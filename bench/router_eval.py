@@ -17,6 +17,7 @@ import torch
 from router.decision import RouteDecision
 from server.api.routing import Routers
 from server.config import EngineConfig
+from server.engine.async_engine import AsyncEngine
 from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.sampling_params import SamplingParams
 
@@ -62,7 +63,7 @@ def main() -> None:
     engine.registry.register_dir(DEMO / "adapters")
     rules = DEMO / "router_rules.json"
     kinds = {"auto": "embedding", "ops": f"rules:{rules}", "arrow": "arrow", "arrow-top2": "arrow:top_k=2"}
-    routers = Routers(engine, kinds)
+    routers = Routers(AsyncEngine(engine), kinds)  # never started: routes run here, synchronously
     rows = [json.loads(line) for line in (DEMO / "eval.jsonl").read_text().splitlines()]
     max_tokens = {ref.name: json.loads((ref.path / "loraplex.json").read_text())["max_tokens"]
                   for ref in engine.registry}

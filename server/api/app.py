@@ -33,21 +33,20 @@ log = logging.getLogger(__name__)
 
 
 def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
-    llm = engine.engine
-    routers = Routers(llm, settings.routers)  # ValueError: a bad --router
+    routers = Routers(engine, settings.routers)  # ValueError: a bad --router
     state = ServerState(settings.max_queue, settings.retry_after_s)
-    metrics = Metrics(llm.pool.book.stats, state, adapter_stats=lambda: llm.adapters.pages.stats)
-    llm.adapters.on_load = metrics.adapter_load_time.observe
+    metrics = Metrics(engine.pool_stats, state, adapter_stats=engine.adapter_stats)
+    engine.on_adapter_load(metrics.adapter_load_time.observe)
     ctx = ServerContext(
         engine=engine,
         settings=settings,
         state=state,
         metrics=metrics,
         models=ModelResolver(
-            settings.served_model_name or llm.model_name, llm.registry, settings.routers, llm.adapters.pages.is_resident
+            settings.served_model_name or engine.model_name, engine.registry, settings.routers, engine.is_resident
         ),
         limits=Limits(
-            llm.max_model_len, settings.max_tokens_cap, settings.max_prompts, settings.max_n,
+            engine.max_model_len, settings.max_tokens_cap, settings.max_prompts, settings.max_n,
             settings.max_seqs_per_request, settings.max_stop, settings.max_stop_chars, settings.max_logprob_entries,
         ),
         routers=routers,

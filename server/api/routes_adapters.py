@@ -11,7 +11,6 @@ from server.adapters.types import AdapterError
 from server.api.context import ServerContext
 from server.api.errors import BadRequest, Forbidden, NotFound
 from server.api.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
-from server.engine.llm_engine import LLMEngine
 
 _ADMIN_ERRORS = {
     code: {"description": text, "content": {"application/json": {}}}
@@ -42,7 +41,7 @@ def allowed_path(raw: str, roots: list[str]) -> tuple[Path, Path]:
 
 def adapter_routes(ctx: ServerContext) -> APIRouter:
     router = APIRouter(prefix="/v1", responses=_ADMIN_ERRORS)
-    registry = ctx.engine.engine.registry
+    engine = ctx.engine
 
     def require_admin() -> None:
         if not ctx.settings.enable_adapter_admin:
@@ -56,19 +55,19 @@ def adapter_routes(ctx: ServerContext) -> APIRouter:
         if ctx.models.reserved(body.lora_name):
             raise BadRequest(f"{body.lora_name!r} names the base model or a router", "lora_name")
         try:  # reads and checks every file once, off the event loop
-            ref = await asyncio.to_thread(registry.register, body.lora_name, path, root=root)
+            ref = await asyncio.to_thread(engine.registry.register, body.lora_name, path, root=root)
         except AdapterError as e:
             raise BadRequest(str(e), "lora_path", code="invalid_adapter") from None
 
-        def add(llm: LLMEngine) -> None:  # on the engine thread: Arrow reads its weights and measures it
+        def add() -> None:  # on the engine thread: Arrow reads its weights and measures it
             try:
-                ctx.routers.adapter_added(ref, llm)
+                ctx.routers.adapter_added(ref)
             except BaseException:
-                _unload(llm, ref.name)  # a failed load leaves nothing behind
+                _unload(ref.name)  # a failed load leaves nothing behind
                 raise
 
         try:
-            await ctx.engine.call(add)
+            await engine.call(add)
         except AdapterError as e:
             raise BadRequest(str(e), "lora_path", code="invalid_adapter") from None
         return f"Success: LoRA adapter '{body.lora_name}' added successfully."
@@ -77,13 +76,13 @@ def adapter_routes(ctx: ServerContext) -> APIRouter:
     async def unload_lora_adapter(body: UnloadLoRAAdapterRequest) -> str:
         require_admin()
         try:  # on the engine thread; requests already running keep the adapter until they finish
-            await ctx.engine.call(lambda llm: _unload(llm, body.lora_name))
+            await engine.call(lambda: _unload(body.lora_name))
         except KeyError:
             raise NotFound(f"The adapter `{body.lora_name}` is not loaded.", "lora_name", "model_not_found") from None
         return f"Success: LoRA adapter '{body.lora_name}' removed successfully."
 
-    def _unload(llm: LLMEngine, name: str) -> None:
-        llm.adapters.unregister(name)  # KeyError: not registered
+    def _unload(name: str) -> None:  # on the engine thread
+        engine.unregister_now(name)  # KeyError: not registered
         ctx.routers.adapter_removed(name)
 
     return router

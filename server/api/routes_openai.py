@@ -45,7 +45,7 @@ _STREAMED = {200: {"content": {"text/event-stream": {}}, "description": "JSON, o
 
 def openai_routes(ctx: ServerContext) -> APIRouter:
     router = APIRouter(prefix="/v1", responses=_ERRORS)
-    tokenizer = ctx.engine.engine.tokenizer
+    tokenizer = ctx.engine.tokenizer
 
     @router.get("/models", response_model=ModelList)
     async def list_models() -> ModelList:
@@ -90,7 +90,7 @@ def _text_of(content) -> str:
 
 async def _route(ctx: ServerContext, router_name: str, text: str, reqs: list[EngineRequest]) -> RouteDecision:
     try:
-        decision = await ctx.routers.route_async(router_name, text, ctx.engine)
+        decision = await ctx.routers.route_async(router_name, text)
     except EngineBusy as e:
         raise ServiceUnavailable(f"the server is busy: {e}", code="engine_busy", headers=ctx.state.retry_after) from e
     for r in reqs:
@@ -117,7 +117,7 @@ def _check(ctx: ServerContext, reqs: list[EngineRequest]) -> None:
     """The engine's own check, once per prompt, while a 4xx can still be sent."""
     for r in reqs:
         try:
-            ctx.engine.engine.check_request(r)
+            ctx.engine.check(r)
         except ValueError as e:
             raise _request_error(e) from e
 

@@ -14,16 +14,15 @@ from router.prototypes import adapter_prototypes
 from router.rules import RulesRouter
 from server.adapters.types import AdapterError, AdapterRef
 from server.engine.async_engine import AsyncEngine, EngineBusy, EngineDead
-from server.engine.llm_engine import LLMEngine
 
 log = logging.getLogger(__name__)
 KINDS = ("embedding", "rules:PATH", "arrow[:top_k=K,temperature=T,threshold=S]")
 Router = EmbeddingRouter | RulesRouter | ArrowRouter
 
 
-def build_router(engine: LLMEngine, name: str, kind: str) -> Router:
+def build_router(engine: AsyncEngine, name: str, kind: str) -> Router:
     if kind == "embedding":
-        return EmbeddingRouter(name, engine.runner.model.model.embed_tokens.weight)
+        return EmbeddingRouter(name, engine.token_embeddings())
     if kind.startswith("rules:"):
         return RulesRouter.from_file(name, kind.removeprefix("rules:"))
     if kind == "arrow" or kind.startswith("arrow:"):
@@ -32,33 +31,33 @@ def build_router(engine: LLMEngine, name: str, kind: str) -> Router:
 
 
 class Routers:
-    def __init__(self, engine: LLMEngine, specs: dict[str, str]):
+    def __init__(self, engine: AsyncEngine, specs: dict[str, str]):
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self._lock = threading.RLock()
         self.routers: dict[str, Router] = {name: build_router(engine, name, kind) for name, kind in specs.items()}
         for ref in engine.registry:
             self._add(ref)
-        self._calibrate(engine)  # before serving: the engine runs no step yet
+        self._calibrate()  # before serving: the engine runs no step yet
 
-    def adapter_added(self, ref: AdapterRef, engine: LLMEngine) -> None:
+    def adapter_added(self, ref: AdapterRef) -> None:
         """On the engine thread (Arrow reads weights through the engine's host cache and runs passes)."""
         try:
             self._add(ref)
-            self._calibrate(engine)
+            self._calibrate()
         except BaseException:
             self.adapter_removed(ref.name)
             raise
 
-    def _calibrate(self, engine: LLMEngine) -> None:
+    def _calibrate(self) -> None:
         """Arrow's generic-text reference for adapters added since the last call: one set of passes for all."""
         with self._lock:
             arrows = [r for r in self.routers.values() if isinstance(r, ArrowRouter) and r.uncalibrated()]
             if not arrows:
                 return
             keys = set().union(*(r.feature_keys(r.uncalibrated()) for r in arrows))
-        limit = min(arrows[0].options.max_tokens, engine.config.max_batch_tokens)
-        neutral = [engine.prompt_features(self.tokenizer(t)["input_ids"][:limit], keys) for t in NEUTRAL_PROMPTS]
+        limit = min(arrows[0].options.max_tokens, self.engine.max_batch_tokens)
+        neutral = [self.engine.features_now(self.tokenizer(t)["input_ids"][:limit], keys) for t in NEUTRAL_PROMPTS]
         with self._lock:
             for r in arrows:
                 r.calibrate(neutral)
@@ -70,7 +69,7 @@ class Routers:
         prototypes = {}
         if arrows:
             try:
-                w = self.engine.registry.weights(ref)
+                w = self.engine.adapter_weights(ref)
                 prototypes = adapter_prototypes(w.a, w.b)
             except AdapterError as e:  # its requests will fail with this message; routing skips it
                 log.warning("arrow: no prototypes for %s: %s", ref.name, e)
@@ -99,14 +98,14 @@ class Routers:
             ids = self._ids(r, text)
             with self._lock:
                 keys = r.feature_keys()
-            features = self.engine.prompt_features(ids, keys) if ids else {}
+            features = self.engine.features_now(ids, keys) if ids else {}
             with self._lock:
                 return r.route(features)
         ids = self.tokenizer(text)["input_ids"]
         with self._lock:
             return r.route(ids)
 
-    async def route_async(self, name: str, text: str, engine: AsyncEngine) -> RouteDecision:
+    async def route_async(self, name: str, text: str) -> RouteDecision:
         """As route, with Arrow's routing pass run on the engine thread between steps."""
         r = self.routers[name]
         if not isinstance(r, ArrowRouter):
@@ -117,7 +116,7 @@ class Routers:
         features = {}
         if ids and keys:
             try:
-                features = await engine.call(lambda llm: llm.prompt_features(ids, keys))
+                features = await self.engine.call(lambda: self.engine.features_now(ids, keys))
             except RuntimeError as e:  # no pool room for the pass right now: fall back rather than fail
                 if isinstance(e, EngineBusy | EngineDead):
                     raise
@@ -126,5 +125,5 @@ class Routers:
             return r.route(features)
 
     def _ids(self, r: ArrowRouter, text: str) -> list[int]:
-        limit = min(r.options.max_tokens, self.engine.config.max_batch_tokens)
+        limit = min(r.options.max_tokens, self.engine.max_batch_tokens)
         return self.tokenizer(text)["input_ids"][:limit]

@@ -17,8 +17,14 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import torch
+
+from server.adapters.registry import AdapterRegistry
+from server.adapters.types import AdapterRef, AdapterWeights
 from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.outputs import SequenceDelta
+from server.memory.adapter_pages import ResidencyStats
+from server.memory.page_pool import PoolStats
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ class AsyncEngine:
         self._wake = threading.Event()
         self._inbox: list[EngineRequest] = []
         self._aborts: list[str] = []
-        self._calls: list[tuple[Callable[[LLMEngine], object], asyncio.Future]] = []
+        self._calls: list[tuple[Callable[[], object], asyncio.Future]] = []
         self._streams: dict[str, _Stream] = {}
         self._stop = False
         self._error: BaseException | None = None
@@ -90,7 +96,62 @@ class AsyncEngine:
         """Alive and its steps are not all failing: what /health reports."""
         return self.alive and self.failed_steps < UNHEALTHY_AFTER
 
-    # API
+    # the facade: all that the HTTP layer, the routers and Ray replicas use of the engine
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.engine.config.max_batch_tokens
+
+    @property
+    def registry(self) -> AdapterRegistry:
+        """Adapter names -> refs; thread-safe, so the event loop may register and look up."""
+        return self.engine.registry
+
+    def check(self, request: EngineRequest) -> None:
+        """ValueError (UnknownAdapter for a name not registered) naming what is wrong; nothing changes."""
+        self.engine.check_request(request)
+
+    def pool_stats(self) -> PoolStats:
+        return self.engine.pool.book.stats()
+
+    def adapter_stats(self) -> ResidencyStats:
+        return self.engine.adapters.pages.stats
+
+    def is_resident(self, adapter_id: int) -> bool:
+        return self.engine.adapters.pages.is_resident(adapter_id)
+
+    def on_adapter_load(self, observe: Callable[[float], None]) -> None:
+        """observe(seconds) after each cold load of an adapter into the pool (on the engine thread)."""
+        self.engine.adapters.on_load = observe
+
+    def token_embeddings(self) -> torch.Tensor:
+        """(V, D) the base model's input embeddings (the embedding router reads them)."""
+        return self.engine.runner.model.model.embed_tokens.weight
+
+    def adapter_weights(self, ref: AdapterRef) -> AdapterWeights:
+        return self.engine.registry.weights(ref)
+
+    def features_now(self, prompt_ids: list[int], keys: set) -> dict:
+        """The routing pass (see LLMEngine.prompt_features); on the engine thread or before it starts."""
+        return self.engine.prompt_features(prompt_ids, keys)
+
+    def unregister_now(self, name: str) -> AdapterRef:
+        """Unload an adapter (KeyError if not registered); on the engine thread or before it starts."""
+        return self.engine.adapters.unregister(name)
+
+    # requests
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[SequenceDelta]:
         """Stream a request's deltas until all its sequences finish. Leaving early aborts it."""
@@ -118,8 +179,9 @@ class AsyncEngine:
             if not finished:
                 self.abort(request.request_id)
 
-    async def call(self, fn: Callable[[LLMEngine], T]) -> T:
-        """Run fn(engine) on the engine thread between two steps (model code never runs beside a step)."""
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run fn() on the engine thread between two steps (model code never runs beside a step); fn uses
+        the `*_now` methods."""
         if self._error is not None:
             raise EngineDead(f"the engine stopped: {self._error!r}")
         fut = asyncio.get_running_loop().create_future()
@@ -156,7 +218,7 @@ class AsyncEngine:
             calls, self._calls = self._calls, []
         for fn, fut in calls:
             try:
-                result, error = fn(self.engine), None
+                result, error = fn(), None
             except Exception as e:  # the caller's problem, not the engine's
                 result, error = None, e
             _post(fut.get_loop(), _settle, fut, result, error)

@@ -24,7 +24,7 @@ class LoraplexReplica:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.engine, self._loraplex_app = build_server(spec.settings, spec.engine)
         self.engine.start()
-        registry = self.engine.engine.registry
+        registry = self.engine.registry
 
         async def load(model_id: str) -> AdapterLease:
             return await lease(registry, model_id)
@@ -40,7 +40,7 @@ class LoraplexReplica:
         auth = ApiKeyAuth(self._loraplex_app, s.api_key, s.admin_key, protected_paths(s))
         self._loraplex_app.add_middleware(
             ReplicaTag, replica=self.replica_id, model_id=serve.get_multiplexed_model_id,
-            known=lambda name: ctx.models.reserved(name) or name in ctx.engine.engine.registry, hold=self.hold,
+            known=lambda name: ctx.models.reserved(name) or name in ctx.engine.registry, hold=self.hold,
             authorized=auth.allowed,
         )
         return self._loraplex_app

@@ -113,10 +113,10 @@ def test_pending_calls_are_bounded(monkeypatch):
     aeng = AsyncEngine(engine=None)  # never started: calls pile up
 
     async def run():
-        pending = [asyncio.ensure_future(aeng.call(lambda e: None)) for _ in range(3)]
+        pending = [asyncio.ensure_future(aeng.call(lambda: None)) for _ in range(3)]
         await asyncio.sleep(0)
         with pytest.raises(EngineBusy):
-            await aeng.call(lambda e: None)
+            await aeng.call(lambda: None)
         for p in pending:
             p.cancel()
 
