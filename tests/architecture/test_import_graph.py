@@ -2,6 +2,7 @@
 never imports the model or the kernels directly (it goes through the engine)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -86,4 +87,15 @@ def test_layers_import_only_downwards(importer):
     banned = NO_DIRECT[importer]
     bad = sorted(f"{m} -> {t}" for m, ts in graph().items() if m == importer or m.startswith(importer + ".")
                  for t in ts if any(t == b or t.startswith(b + ".") for b in banned))
+    assert bad == []
+
+
+INTERNALS = re.compile(r"(?<!server\.)\b(engine|llm)\.(engine|runner|pool|scheduler|adapters|outputs|config)\b")
+
+
+@pytest.mark.parametrize("folder", ["server/api", "server/ray_serve", "router"])
+def test_the_engine_is_reached_through_its_facade_only(folder):
+    """AsyncEngine's own methods, never attribute chains into LLMEngine's parts."""
+    bad = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in sorted((REPO / folder).rglob("*.py"))
+           for i, line in enumerate(p.read_text().splitlines(), 1) if INTERNALS.search(line)]
     assert bad == []
