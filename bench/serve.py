@@ -165,13 +165,18 @@ class Target:
     adapter_names: list[str] = field(default_factory=list)  # index -> model name
     api_key: str | None = None
     ignore_eos: bool = True
+    lora_ids: dict[str, int] | None = None  # llama-server: adapter name -> the id its request's lora field names
 
     def body(self, req: Request) -> dict:
-        return {
-            "model": self.base_model if req.adapter < 0 else self.adapter_names[req.adapter],
+        name = self.base_model if req.adapter < 0 else self.adapter_names[req.adapter]
+        body = {
+            "model": name,
             "prompt": req.prompt, "max_tokens": req.output_len, "temperature": 0.0, "stream": True,
             "stream_options": {"include_usage": True}, **({"ignore_eos": True} if self.ignore_eos else {}),
         }
+        if self.lora_ids is not None and req.adapter >= 0:  # llama-server ignores model; adapters go by id
+            body["lora"] = [{"id": self.lora_ids[name], "scale": 1.0}]
+        return body
 
 
 async def send(client, target: Target, req: Request, rec: Record, t0: float) -> None:
@@ -256,6 +261,15 @@ def fetch_adapter_names(url: str, base_model: str, api_key: str | None) -> list[
     return sorted(m["id"] for m in data if m["id"] != base_model and m.get("loraplex_kind", "adapter") == "adapter")
 
 
+def fetch_lora_ids(url: str, api_key: str | None = None) -> dict[str, int]:
+    """llama-server's loaded adapters: name (the GGUF file's stem) -> id, from GET /lora-adapters."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    data = httpx.get(f"{url}/lora-adapters", headers=headers, timeout=30).json()
+    return {Path(a["path"]).stem: int(a["id"]) for a in data}
+
+
 def run(args: argparse.Namespace) -> dict:
     w = Workload(args.n, args.alpha, args.rate, args.cv, args.num_requests, _range(args.prompt_len),
                  _range(args.output_len), args.seed, args.trace)
@@ -265,7 +279,10 @@ def run(args: argparse.Namespace) -> dict:
         names = fetch_adapter_names(args.url, args.model, args.api_key)[: args.n] if args.n else []
     if len(names) < args.n:
         raise SystemExit(f"--n {args.n} but the server lists only {len(names)} adapters")
-    target = Target(args.url.rstrip("/"), args.model, names, args.api_key, not args.no_ignore_eos)
+    lora_ids = fetch_lora_ids(args.url.rstrip("/"), args.api_key) if args.lora_field else None
+    if lora_ids is not None and not set(names) <= set(lora_ids):
+        raise SystemExit(f"--lora-field: the server loaded no adapter named {sorted(set(names) - set(lora_ids))[:3]}")
+    target = Target(args.url.rstrip("/"), args.model, names, args.api_key, not args.no_ignore_eos, lora_ids)
     reqs = build_workload(w)
     records, duration = asyncio.run(run_load(target, reqs, args.duration, args.drain_timeout, not args.no_progress))
     result = {
@@ -377,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--api-key", default=None)
     r.add_argument("--no-ignore-eos", action="store_true", help="do not send ignore_eos (servers that refuse it)")
+    r.add_argument("--lora-field", action="store_true",
+                   help="llama-server: name adapters by the request's lora field [{id, scale: 1}], ids from "
+                        "GET /lora-adapters by GGUF file name (model names none there)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--meta", default=None, help="JSON object stored as the result's meta (server flags, ...)")
     r.add_argument("--out", default=None)

