@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
     routers = Routers(engine, settings.routers)  # ValueError: a bad --router
     state = ServerState(settings.max_queue, settings.retry_after_s)
-    metrics = Metrics(engine.pool_stats, state, adapter_stats=engine.adapter_stats)
+    metrics = Metrics(engine.pool_stats, state, adapter_stats=engine.adapter_stats,
+                      adapters_pinned=engine.adapters_pinned)
     engine.on_adapter_load(metrics.adapter_load_time.observe)
     ctx = ServerContext(
         engine=engine,

@@ -53,10 +53,11 @@ class TopLabels:
 
 class _ScrapeTime(Collector):
     def __init__(self, pool_stats: Callable[[], PoolStats], state: ServerState,
-                 adapter_stats: Callable[[], ResidencyStats] | None):
+                 adapter_stats: Callable[[], ResidencyStats] | None, adapters_pinned: Callable[[], int] | None):
         self.pool_stats = pool_stats
         self.state = state
         self.adapter_stats = adapter_stats or ResidencyStats
+        self.adapters_pinned = adapters_pinned or (lambda: 0)
 
     def describe(self) -> list:
         return []  # read only at scrape time: the engine may not exist yet when this registers
@@ -75,6 +76,8 @@ class _ScrapeTime(Collector):
         )
         a = self.adapter_stats()
         yield GaugeMetricFamily("loraplex_adapters_resident", "Adapters with pages in the pool", value=a.resident)
+        yield GaugeMetricFamily("loraplex_adapters_pinned", "Resident adapters pinned by running sequences",
+                                value=self.adapters_pinned())
         yield CounterMetricFamily("loraplex_adapter_loads", "Adapter loads into the pool", value=a.loads)
         yield CounterMetricFamily("loraplex_adapter_evictions", "Adapters evicted from the pool", value=a.evictions)
         yield CounterMetricFamily("loraplex_adapter_hits", "Admissions that found the adapter resident", value=a.hits)
@@ -87,7 +90,8 @@ class _ScrapeTime(Collector):
 
 class Metrics:
     def __init__(self, pool_stats: Callable[[], PoolStats], state: ServerState, adapter_labels: int = 20,
-                 adapter_stats: Callable[[], ResidencyStats] | None = None):
+                 adapter_stats: Callable[[], ResidencyStats] | None = None,
+                 adapters_pinned: Callable[[], int] | None = None):
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "loraplex_requests", "HTTP requests to /v1 by route and status code (499: the client went away)",
@@ -128,7 +132,7 @@ class Metrics:
             "loraplex_adapter_load_seconds", "Time to bring an adapter into the pool", buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        r.register(_ScrapeTime(pool_stats, state, adapter_stats))
+        r.register(_ScrapeTime(pool_stats, state, adapter_stats, adapters_pinned))
 
     def _drop_adapter_series(self, name: str) -> None:
         for family in (self.adapter_requests, self.adapter_generation_tokens):

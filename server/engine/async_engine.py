@@ -129,6 +129,9 @@ class AsyncEngine:
     def adapter_stats(self) -> ResidencyStats:
         return self.engine.adapters.pages.stats
 
+    def adapters_pinned(self) -> int:
+        return self.engine.adapters.pages.num_pinned()
+
     def is_resident(self, adapter_id: int) -> bool:
         return self.engine.adapters.pages.is_resident(adapter_id)
 

@@ -65,6 +65,10 @@ class AdapterPages:
     def placement(self, adapter_id: int) -> Placement:
         return self._resident[adapter_id].placement
 
+    def num_pinned(self) -> int:
+        """Adapters pinned by running sequences now (0 when the engine is idle)."""
+        return sum(1 for r in self._resident.values() if r.pins)
+
     def reclaimable(self) -> int:
         return sum(len(r.placement.pages) for r in self._resident.values() if r.pins == 0)
 
