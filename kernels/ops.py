@@ -88,3 +88,15 @@ def _lora_apply_rows(x, out, pool, a_offsets, b_offsets, info) -> None:
     from kernels.torch.lora import lora_apply as apply_twin  # fuses shrink and expand per adapter
 
     return apply_twin(x, out, pool, a_offsets, b_offsets, info)
+
+
+def quant_matmul(x, blocks, qtype):
+    """x (T, in) @ dequant(blocks)^T -> (T, out) in x's dtype; blocks (out, in/32 * block bytes) uint8 of
+    ggml type qtype (Q8_0/Q4_0/Q4_1). The C kernel on CPUs, else the twin (dequantize + F.linear)."""
+    from kernels.cpu import quant_matmul as cpu_quant
+
+    if not _FORCE_TORCH and cpu_quant.available(x):
+        return cpu_quant.quant_matmul(x, blocks, qtype)
+    from kernels.torch.quant_matmul import quant_matmul as twin
+
+    return twin(x, blocks, qtype)

@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 # Reassociation lets the compiler vectorise the dot products; NaN and inf keep their meaning.
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
 # -fopenmp links libgomp.so.1, which resolves to the copy torch has already loaded: one thread pool.
-EXTRA_FLAGS = {"paged_attention": ["-fopenmp", "-ffast-math"], "lora": ["-fopenmp"]}
+EXTRA_FLAGS = {
+    "paged_attention": ["-fopenmp", "-ffast-math"],
+    "lora": ["-fopenmp"],
+    # No contraction: d*q + m must round twice, as gguf's dequantize does; the dot products write their FMAs.
+    "quant_matmul": ["-fopenmp", "-ffp-contract=off"],
+}
 # Linked without -ffast-math: gcc < 13 would add crtfastmath.o to the .so, whose constructor turns on
 # flush-to-zero for the whole process when it loads (subnormals vanish everywhere, not just here).
 LINK_FLAGS = ["-shared", "-fopenmp"]

@@ -1,0 +1,384 @@
+/* y = x @ dequant(W)^T on CPUs, W in GGUF blocks (Q8_0, Q4_0, Q4_1) of 32 inputs each.
+
+   The weights stay in their blocks and are dequantized inside the dot products; x stays fp32
+   (llama.cpp quantizes activations to 8 bits, we do not). Each weight comes out as the exact float
+   gguf's own dequantize gives (d*q, and d*q + m rounded twice: built with -ffp-contract=off, so the
+   only FMAs are the ones written, in the dot products), so y is the fp32 matmul on the dequantized
+   weights up to summation order.
+
+   Few rows of x (decode): threads split the output rows; each block is dequantized into registers
+   once and serves up to 4 rows of x. More rows: a tile of NT output rows x KC inputs is dequantized
+   into an L1-resident buffer once and reused by every row of x, in register-blocked MR x NR dot
+   products. AVX-512 or AVX2, picked at run time; scalar otherwise. Threads: torch's OpenMP pool. */
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+enum { Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 }; /* ggml_type values */
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+enum { QK = 32, NT = 8, KC = 512, MAX_GEMV_ROWS = 4 };
+
+#define INLINE static inline __attribute__((always_inline))
+
+static int block_bytes(int64_t type) {
+    return type == Q8_0 ? 34 : type == Q4_0 ? 18 : type == Q4_1 ? 20 : 0;
+}
+
+static float fp16_to_f32(const uint8_t *p) { /* exact, subnormals and inf/NaN included */
+    uint16_t h;
+    memcpy(&h, p, 2);
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t u;
+    if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        u = sign | ((exp + 112) << 23) | (man << 13);
+    } else if (man == 0) {
+        u = sign;
+    } else { /* subnormal: normalise */
+        int e = -1;
+        uint32_t m = man;
+        do { e++; m <<= 1; } while (!(m & 0x400));
+        u = sign | ((uint32_t)(112 - e) << 23) | ((m & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- scalar ---------------------------------------------------------------------------------- */
+
+static void dequant_scalar(int type, const uint8_t *b, float *w) {
+    const float d = fp16_to_f32(b);
+    if (type == Q8_0) {
+        for (int i = 0; i < QK; i++) w[i] = (float)(int8_t)b[2 + i] * d;
+    } else if (type == Q4_0) {
+        for (int i = 0; i < QK / 2; i++) {
+            w[i] = d * (float)((b[2 + i] & 15) - 8);
+            w[i + QK / 2] = d * (float)((b[2 + i] >> 4) - 8);
+        }
+    } else {
+        const float m = fp16_to_f32(b + 2);
+        for (int i = 0; i < QK / 2; i++) {
+            w[i] = d * (float)(b[4 + i] & 15) + m;
+            w[i + QK / 2] = d * (float)(b[4 + i] >> 4) + m;
+        }
+    }
+}
+
+static void rows_scalar(int type, int R, const uint8_t *wrow, int64_t nb, int bb, const float *x,
+                        int64_t xs, float *res) {
+    float acc[MAX_GEMV_ROWS][QK] = {{0.f}}, w[QK];
+    for (int64_t b = 0; b < nb; b++) {
+        dequant_scalar(type, wrow + b * bb, w);
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < QK; i++) acc[r][i] += x[r * xs + b * QK + i] * w[i];
+    }
+    for (int r = 0; r < R; r++) {
+        float s = 0.f;
+        for (int i = 0; i < QK; i++) s += acc[r][i];
+        res[r] = s;
+    }
+}
+
+static void micro_scalar(int mr, int nr, const float *x, int64_t xs, const float *wd, int64_t kc,
+                         float *out, int64_t os) {
+    for (int i = 0; i < mr; i++)
+        for (int j = 0; j < nr; j++) {
+            float s = 0.f;
+            for (int64_t k = 0; k < kc; k++) s += x[i * xs + k] * wd[j * KC + k];
+            out[i * os + j] += s;
+        }
+}
+
+#if defined(__x86_64__)
+/* ---- AVX2 + FMA (+F16C for the scales) -------------------------------------------------------- */
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+AVX2 INLINE float f16_avx2(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* 32 weights of one block -> w[0..3], 8 each, in order */
+AVX2 INLINE void dequant_avx2(int type, const uint8_t *b, __m256 w[4]) {
+    const __m256 d = _mm256_set1_ps(f16_avx2(b));
+    if (type == Q8_0) {
+        for (int i = 0; i < 4; i++) {
+            const __m128i q = _mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i));
+            w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+        }
+        return;
+    }
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == Q4_1 ? 4 : 2)));
+    const __m128i low4 = _mm_set1_epi8(15);
+    __m128i lo = _mm_and_si128(raw, low4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), low4);
+    if (type == Q4_0) {
+        lo = _mm_sub_epi8(lo, _mm_set1_epi8(8));
+        hi = _mm_sub_epi8(hi, _mm_set1_epi8(8));
+    }
+    const __m128i q[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)}; /* low nibbles first */
+    for (int i = 0; i < 4; i++) w[i] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q[i])));
+    if (type == Q4_1) {
+        const __m256 m = _mm256_set1_ps(f16_avx2(b + 2));
+        for (int i = 0; i < 4; i++) w[i] = _mm256_add_ps(w[i], m);
+    }
+}
+
+AVX2 INLINE float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* res[r] = dot(dequant(wrow), x row r) for R rows sharing each dequantized block */
+AVX2 INLINE void rows_avx2_body(int type, int R, const uint8_t *wrow, int64_t nb, int bb, const float *x,
+                                int64_t xs, float *res) {
+    enum { NACC = 4 };
+    const int nacc = R == 1 ? 4 : 2; /* one row alone: more independent FMA chains */
+    __m256 acc[MAX_GEMV_ROWS][NACC];
+    for (int r = 0; r < R; r++)
+        for (int a = 0; a < NACC; a++) acc[r][a] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256 w[4];
+        dequant_avx2(type, wrow + b * bb, w);
+        const float *xb = x + b * QK;
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < 4; i++)
+                acc[r][i % nacc] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(xb + r * xs + 8 * i), acc[r][i % nacc]);
+    }
+    for (int r = 0; r < R; r++) {
+        __m256 s = _mm256_add_ps(acc[r][0], acc[r][1]);
+        if (nacc == 4) s = _mm256_add_ps(s, _mm256_add_ps(acc[r][2], acc[r][3]));
+        res[r] = hsum_avx2(s);
+    }
+}
+
+#define ROWS_CASES(BODY, ...)                                                                       \
+    switch (type * 8 + R) {                                                                         \
+        case Q8_0 * 8 + 1: BODY(Q8_0, 1, __VA_ARGS__); break;                                        \
+        case Q8_0 * 8 + 2: BODY(Q8_0, 2, __VA_ARGS__); break;                                        \
+        case Q8_0 * 8 + 3: BODY(Q8_0, 3, __VA_ARGS__); break;                                        \
+        case Q8_0 * 8 + 4: BODY(Q8_0, 4, __VA_ARGS__); break;                                        \
+        case Q4_0 * 8 + 1: BODY(Q4_0, 1, __VA_ARGS__); break;                                        \
+        case Q4_0 * 8 + 2: BODY(Q4_0, 2, __VA_ARGS__); break;                                        \
+        case Q4_0 * 8 + 3: BODY(Q4_0, 3, __VA_ARGS__); break;                                        \
+        case Q4_0 * 8 + 4: BODY(Q4_0, 4, __VA_ARGS__); break;                                        \
+        case Q4_1 * 8 + 1: BODY(Q4_1, 1, __VA_ARGS__); break;                                        \
+        case Q4_1 * 8 + 2: BODY(Q4_1, 2, __VA_ARGS__); break;                                        \
+        case Q4_1 * 8 + 3: BODY(Q4_1, 3, __VA_ARGS__); break;                                        \
+        case Q4_1 * 8 + 4: BODY(Q4_1, 4, __VA_ARGS__); break;                                        \
+    }
+
+AVX2 static void rows_avx2(int type, int R, const uint8_t *wrow, int64_t nb, int bb, const float *x,
+                           int64_t xs, float *res) {
+    ROWS_CASES(rows_avx2_body, wrow, nb, bb, x, xs, res)
+}
+
+AVX2 static void dequant_row_avx2(int type, const uint8_t *b, int64_t nb, int bb, float *w) {
+    for (int64_t k = 0; k < nb; k++) {
+        __m256 v[4];
+        dequant_avx2(type, b + k * bb, v);
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(w + k * QK + 8 * i, v[i]);
+    }
+}
+
+/* out[i][j] += dot(x row i, wd row j) over kc inputs, for an MR x NR tile (kc a multiple of 32) */
+AVX2 INLINE void micro_avx2_body(int MR, int NR, const float *x, int64_t xs, const float *wd, int64_t kc,
+                                 float *out, int64_t os) {
+    __m256 acc[3][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < kc; k += 8) {
+        __m256 xv[3];
+        for (int i = 0; i < MR; i++) xv[i] = _mm256_loadu_ps(x + i * xs + k);
+        for (int j = 0; j < NR; j++) {
+            const __m256 wv = _mm256_load_ps(wd + j * KC + k);
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) out[i * os + j] += hsum_avx2(acc[i][j]);
+}
+
+#define MICRO_CASE(BODY, M, N) case M * 8 + N: BODY(M, N, x, xs, wd, kc, out, os); break;
+
+AVX2 static void micro_avx2(int mr, int nr, const float *x, int64_t xs, const float *wd, int64_t kc,
+                            float *out, int64_t os) {
+    switch (mr * 8 + nr) {
+        MICRO_CASE(micro_avx2_body, 1, 1) MICRO_CASE(micro_avx2_body, 1, 2)
+        MICRO_CASE(micro_avx2_body, 1, 3) MICRO_CASE(micro_avx2_body, 1, 4)
+        MICRO_CASE(micro_avx2_body, 2, 1) MICRO_CASE(micro_avx2_body, 2, 2)
+        MICRO_CASE(micro_avx2_body, 2, 3) MICRO_CASE(micro_avx2_body, 2, 4)
+        MICRO_CASE(micro_avx2_body, 3, 1) MICRO_CASE(micro_avx2_body, 3, 2)
+        MICRO_CASE(micro_avx2_body, 3, 3) MICRO_CASE(micro_avx2_body, 3, 4)
+    }
+}
+
+/* ---- AVX-512 ---------------------------------------------------------------------------------- */
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
+
+/* 32 weights of one block -> w[0..1], 16 each, in order */
+AVX512 INLINE void dequant_avx512(int type, const uint8_t *b, __m512 w[2]) {
+    const __m512 d = _mm512_set1_ps(f16_avx2(b));
+    if (type == Q8_0) {
+        for (int i = 0; i < 2; i++) {
+            const __m128i q = _mm_loadu_si128((const __m128i *)(b + 2 + 16 * i));
+            w[i] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), d);
+        }
+        return;
+    }
+    /* the 16 values a nibble can stand for, computed as gguf does; vpermps reads an index's low 4 bits */
+    const __m512 levels = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512 table;
+    if (type == Q4_0) {
+        table = _mm512_mul_ps(d, _mm512_sub_ps(levels, _mm512_set1_ps(8.f)));
+    } else {
+        table = _mm512_add_ps(_mm512_mul_ps(d, levels), _mm512_set1_ps(f16_avx2(b + 2)));
+    }
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == Q4_1 ? 4 : 2)));
+    w[0] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(raw), table);                    /* low nibbles */
+    w[1] = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_srli_epi16(raw, 4)), table); /* high */
+}
+
+AVX512 INLINE void rows_avx512_body(int type, int R, const uint8_t *wrow, int64_t nb, int bb, const float *x,
+                                    int64_t xs, float *res) {
+    __m512 acc[MAX_GEMV_ROWS][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m512 w[2];
+        dequant_avx512(type, wrow + b * bb, w);
+        const float *xb = x + b * QK;
+        for (int r = 0; r < R; r++)
+            for (int i = 0; i < 2; i++) acc[r][i] = _mm512_fmadd_ps(w[i], _mm512_loadu_ps(xb + r * xs + 16 * i), acc[r][i]);
+    }
+    for (int r = 0; r < R; r++) res[r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+}
+
+AVX512 static void rows_avx512(int type, int R, const uint8_t *wrow, int64_t nb, int bb, const float *x,
+                               int64_t xs, float *res) {
+    ROWS_CASES(rows_avx512_body, wrow, nb, bb, x, xs, res)
+}
+
+AVX512 static void dequant_row_avx512(int type, const uint8_t *b, int64_t nb, int bb, float *w) {
+    for (int64_t k = 0; k < nb; k++) {
+        __m512 v[2];
+        dequant_avx512(type, b + k * bb, v);
+        _mm512_storeu_ps(w + k * QK, v[0]);
+        _mm512_storeu_ps(w + k * QK + 16, v[1]);
+    }
+}
+
+AVX512 INLINE void micro_avx512_body(int MR, int NR, const float *x, int64_t xs, const float *wd, int64_t kc,
+                                     float *out, int64_t os) {
+    __m512 acc[3][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k += 16) {
+        __m512 xv[3];
+        for (int i = 0; i < MR; i++) xv[i] = _mm512_loadu_ps(x + i * xs + k);
+        for (int j = 0; j < NR; j++) {
+            const __m512 wv = _mm512_load_ps(wd + j * KC + k);
+            for (int i = 0; i < MR; i++) acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) out[i * os + j] += _mm512_reduce_add_ps(acc[i][j]);
+}
+
+AVX512 static void micro_avx512(int mr, int nr, const float *x, int64_t xs, const float *wd, int64_t kc,
+                                float *out, int64_t os) {
+    switch (mr * 8 + nr) {
+        MICRO_CASE(micro_avx512_body, 1, 1) MICRO_CASE(micro_avx512_body, 1, 2)
+        MICRO_CASE(micro_avx512_body, 1, 3) MICRO_CASE(micro_avx512_body, 1, 4)
+        MICRO_CASE(micro_avx512_body, 2, 1) MICRO_CASE(micro_avx512_body, 2, 2)
+        MICRO_CASE(micro_avx512_body, 2, 3) MICRO_CASE(micro_avx512_body, 2, 4)
+        MICRO_CASE(micro_avx512_body, 3, 1) MICRO_CASE(micro_avx512_body, 3, 2)
+        MICRO_CASE(micro_avx512_body, 3, 3) MICRO_CASE(micro_avx512_body, 3, 4)
+    }
+}
+#endif
+
+/* ---- drivers ---------------------------------------------------------------------------------- */
+
+typedef void (*rows_fn)(int, int, const uint8_t *, int64_t, int, const float *, int64_t, float *);
+typedef void (*dequant_fn)(int, const uint8_t *, int64_t, int, float *);
+typedef void (*micro_fn)(int, int, const float *, int64_t, const float *, int64_t, float *, int64_t);
+
+static void dequant_row_scalar(int type, const uint8_t *b, int64_t nb, int bb, float *w) {
+    for (int64_t k = 0; k < nb; k++) dequant_scalar(type, b + k * bb, w + k * QK);
+}
+
+/* The best path this CPU runs: 2 AVX-512, 1 AVX2 + FMA + F16C, 0 scalar. */
+static int detect_isa(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return ISA_AVX2;
+#endif
+    return ISA_SCALAR;
+}
+
+int quant_best_isa(void) {
+    static int isa = -1; /* a race only writes the same value twice */
+    if (isa < 0) isa = detect_isa();
+    return isa;
+}
+
+static int pick(int64_t isa, rows_fn *rows, dequant_fn *deq, micro_fn *micro) {
+    *rows = rows_scalar, *deq = dequant_row_scalar, *micro = micro_scalar;
+#if defined(__x86_64__)
+    if (isa == ISA_AVX512) *rows = rows_avx512, *deq = dequant_row_avx512, *micro = micro_avx512;
+    if (isa == ISA_AVX2) *rows = rows_avx2, *deq = dequant_row_avx2, *micro = micro_avx2;
+#endif
+    return isa >= ISA_SCALAR && isa <= quant_best_isa();
+}
+
+/* x (T, K) rows `xs` floats apart; w (N, K/32 blocks) rows `ws` bytes apart; out (T, N) rows `os` apart.
+   isa: -1 = the best this CPU runs. Up to gemv_rows rows of x take the register path, more the tiled one.
+   0 on success; -1 unknown type, -2 K not a multiple of 32 or bad sizes, -3 isa not available here. */
+int quant_matmul_f32(const float *x, int64_t xs, const uint8_t *w, int64_t ws, float *out, int64_t os,
+                     int64_t T, int64_t N, int64_t K, int64_t type, int64_t isa, int64_t gemv_rows,
+                     int64_t num_threads) {
+    const int bb = block_bytes(type);
+    if (bb == 0) return -1;
+    if (K <= 0 || K % QK || T < 0 || N < 0 || ws < K / QK * bb || xs < K || os < N) return -2;
+    rows_fn rows;
+    dequant_fn deq;
+    micro_fn micro;
+    if (!pick(isa < 0 ? quant_best_isa() : isa, &rows, &deq, &micro)) return -3;
+    const int64_t nb = K / QK;
+    if (T <= gemv_rows) {
+        _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
+        for (int64_t n = 0; n < N; n++) {
+            for (int64_t t0 = 0; t0 < T; t0 += MAX_GEMV_ROWS) {
+                const int R = T - t0 < MAX_GEMV_ROWS ? (int)(T - t0) : MAX_GEMV_ROWS;
+                float res[MAX_GEMV_ROWS];
+                rows((int)type, R, w + n * ws, nb, bb, x + t0 * xs, xs, res);
+                for (int r = 0; r < R; r++) out[(t0 + r) * os + n] = res[r];
+            }
+        }
+        return 0;
+    }
+    _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
+    for (int64_t n0 = 0; n0 < N; n0 += NT) {
+        float wd[NT * KC] __attribute__((aligned(64))); /* 16 KiB: a tile of dequantized weights */
+        const int nn = N - n0 < NT ? (int)(N - n0) : NT;
+        for (int64_t t = 0; t < T; t++) memset(out + t * os + n0, 0, sizeof(float) * (size_t)nn);
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            const int64_t kc = K - k0 < KC ? K - k0 : KC;
+            for (int j = 0; j < nn; j++) deq((int)type, w + (n0 + j) * ws + k0 / QK * bb, kc / QK, bb, wd + j * KC);
+            for (int64_t t0 = 0; t0 < T; t0 += 3) {
+                const int mr = T - t0 < 3 ? (int)(T - t0) : 3;
+                for (int j0 = 0; j0 < nn; j0 += 4)
+                    micro(mr, nn - j0 < 4 ? nn - j0 : 4, x + t0 * xs + k0, xs, wd + j0 * KC, kc,
+                          out + t0 * os + n0 + j0, os);
+            }
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,55 @@
+"""Matmul with GGUF block-quantized weights on CPUs (quant_matmul.c): blocks dequantized inside the
+dot products, activations kept in fp32, on torch's own OpenMP threads. Same signature as the torch
+twin, checked against it; bf16 x is widened to fp32 and the result rounded back.
+"""
+
+import ctypes
+
+import torch
+
+from kernels.cpu.build import load, ptr
+from kernels.torch.quant_matmul import check_inputs
+
+# Up to this many rows of x share each block dequantized in registers (decode); more rows go
+# through a dequantized tile reused by all of them.
+GEMV_MAX_ROWS = 4
+ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
+_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def available(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _DTYPES and load("quant_matmul") is not None
+
+
+def best_isa() -> int:
+    """The path the kernel picks on this CPU (ISAS); the lower ones run here too."""
+    return load("quant_matmul").quant_best_isa()
+
+
+def quant_matmul(
+    x: torch.Tensor,  # (T, in) float32 or bfloat16
+    blocks: torch.Tensor,  # (out, in / 32 * block_bytes) uint8, one row of blocks per output
+    qtype: int,  # Q8_0, Q4_0 or Q4_1 (kernels.torch.quant_matmul)
+) -> torch.Tensor:  # (T, out) in x's dtype
+    return run(x, blocks, qtype)
+
+
+def run(x: torch.Tensor, blocks: torch.Tensor, qtype: int, isa: int = -1, gemv_rows: int = GEMV_MAX_ROWS):
+    """quant_matmul on a chosen path: isa (ISAS; -1 = the best here), gemv_rows (tests force each)."""
+    k = check_inputs(x, blocks, qtype)
+    if x.dtype not in _DTYPES or blocks.stride(1) != 1:
+        raise ValueError(f"the C kernel takes float32/bfloat16 x and blocks with contiguous rows, got {x.dtype}")
+    xf = x.float()
+    if xf.stride(1) != 1 or xf.stride(0) < k:
+        xf = xf.contiguous()
+    T, N = x.shape[0], blocks.shape[0]
+    out = torch.empty(T, N, dtype=torch.float32)
+    status = load("quant_matmul").quant_matmul_f32(
+        ptr(xf), ctypes.c_int64(xf.stride(0)), ptr(blocks), ctypes.c_int64(blocks.stride(0)),
+        ptr(out), ctypes.c_int64(N), ctypes.c_int64(T), ctypes.c_int64(N), ctypes.c_int64(k),
+        ctypes.c_int64(qtype), ctypes.c_int64(isa), ctypes.c_int64(gemv_rows),
+        ctypes.c_int64(torch.get_num_threads()),
+    )  # fmt: skip
+    if status != 0:
+        raise ValueError(f"quant_matmul.c refused (status {status}): x {tuple(x.shape)}, type {qtype}, isa {isa}")
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
