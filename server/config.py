@@ -6,9 +6,10 @@ from pathlib import Path
 from kernels.cache_dir import default_cache_dir
 from kernels.limits import MAX_LORA_RANK
 
-__all__ = ["DTYPES", "EngineConfig", "cpu_has_fast_bf16", "default_cache_dir", "resolve_dtype"]
+__all__ = ["DTYPES", "WEIGHTS", "EngineConfig", "cpu_has_fast_bf16", "default_cache_dir", "resolve_dtype"]
 
 DTYPES = ("auto", "bfloat16", "float32", "float16")
+WEIGHTS = ("auto", "fp32", "gguf")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -30,6 +31,10 @@ def resolve_dtype(dtype: str, device: str) -> str:
 class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None = the embedded SmolLM2-135M-Instruct
     dtype: str = "auto"  # bfloat16 on CUDA and on CPUs with native bf16 (AMX), else float32
+    # weight precision: "gguf" serves a .gguf model's Q8_0/Q4_0/Q4_1 blocks as they are (activations stay in
+    # fp32); "fp32" dequantizes every weight to the compute dtype; "auto" = gguf for a .gguf model on CPUs
+    # where the quantized matmul kernel builds, else fp32 (server/model/loader.py resolve_weights)
+    weights: str = "auto"
     device: str = "cpu"
     pool_mb: int = 512  # the unified pool: KV pages (and, later, adapter pages)
     block_size: int = 16  # tokens per KV page
@@ -44,6 +49,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
         if self.pool_mb < 1:

@@ -64,6 +64,9 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
     f.add("--port", port_help, type=int, default=8000, metavar="PORT")
     f.add("--dtype", "compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32",
           choices=["auto", "bfloat16", "float32"], default="auto")
+    f.add("--weights", "weight precision: gguf = a .gguf model's own Q8_0/Q4_0/Q4_1 blocks (matmuls dequantize "
+          "them on the fly, activations stay fp32), fp32 = every weight dequantized to the compute dtype; "
+          "auto = gguf for a .gguf model on CPU, else fp32", choices=["auto", "fp32", "gguf"], default="auto")
     f.add("--device", "compute device; auto = cuda when available, else cpu", choices=["auto", "cpu", "cuda"],
           default="auto")
     f.add("--pool-mb", "unified memory pool (KV pages + adapter pages), MiB", type=int, default=512, metavar="MIB")
@@ -180,7 +183,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings:
 def engine_config(args: argparse.Namespace, device: str) -> EngineConfig:
     """ValueError names a bad flag."""
     return EngineConfig(
-        model=args.model, dtype=args.dtype, device=device, pool_mb=args.pool_mb,
+        model=args.model, dtype=args.dtype, weights=args.weights, device=device, pool_mb=args.pool_mb,
         max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens, max_model_len=args.max_model_len,
         num_threads=args.num_threads, max_lora_rank=args.max_lora_rank, adapter_cache_mb=args.adapter_cache_mb,
     )

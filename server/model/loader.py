@@ -29,6 +29,7 @@ class Checkpoint:
     config: PretrainedConfig
     tokenizer: PreTrainedTokenizerBase
     converted: bool  # True when this call dequantised a GGUF file (first start)
+    source: Path | None = None  # the .gguf file when the checkpoint came from one (its blocks can serve as they are)
 
 
 def default_model_path() -> Path:
@@ -117,7 +118,7 @@ def resolve_checkpoint(model: str | None, cache_root: Path) -> Checkpoint:
     if config.model_type not in SUPPORTED_TYPES:
         raise ValueError(f"model_type {config.model_type!r} is not a Llama-family model {SUPPORTED_TYPES}")
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    return Checkpoint(directory, name, config, tokenizer, converted)
+    return Checkpoint(directory, name, config, tokenizer, converted, path if path.suffix == ".gguf" else None)
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -135,12 +136,32 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device: str):
-    """Our model with the checkpoint's weights, in dtype on device (built on meta: no random init)."""
+def resolve_weights(weights: str, ckpt: Checkpoint, device: str) -> str:
+    """"gguf" (the file's own blocks) or "fp32" (dense in the compute dtype); auto = gguf for a .gguf model
+    on CPUs where the quantized matmul kernel builds."""
+    if weights == "auto":
+        from kernels.cpu.build import load
+
+        native = ckpt.source is not None and device == "cpu" and load("quant_matmul") is not None
+        return "gguf" if native else "fp32"
+    if weights == "gguf" and ckpt.source is None:
+        raise ValueError(f"--weights gguf needs a .gguf model; {ckpt.directory} is an HF directory")
+    return weights
+
+
+def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device: str, weights: str = "fp32"):
+    """Our model with the checkpoint's weights, in dtype on device (built on meta: no random init).
+    weights (EngineConfig.weights): "gguf" keeps a GGUF file's Q8_0/Q4_0/Q4_1 tensors as blocks."""
     from server.model.llama import LlamaForCausalLM, Rotary
 
     with torch.device("meta"):
         model = LlamaForCausalLM(ckpt.config, max_positions)
+    if resolve_weights(weights, ckpt, device) == "gguf":
+        from server.model.gguf_weights import load_gguf_weights
+
+        load_gguf_weights(model, ckpt.source, dtype, device)
+        model.rotary = Rotary(ckpt.config, max_positions)
+        return model.to(device).eval()
     model.load_hf_state_dict(load_weights(ckpt.directory))
     model.rotary = Rotary(ckpt.config, max_positions)  # fp32 tables, cast per step like transformers
     for p in model.parameters():
