@@ -11,6 +11,7 @@ from functools import lru_cache
 
 import re2
 
+from server.adapters.formats import CONFIG_FIELDS, format_for_config
 from server.adapters.types import MODULES, AdapterError
 
 CONFIG_FILE = "adapter_config.json"
@@ -27,7 +28,7 @@ IGNORED_FIELDS = frozenset({
 HANDLED_FIELDS = frozenset({
     "peft_type", "task_type", "r", "lora_alpha", "use_rslora", "target_modules", "layers_to_transform",
     "layers_pattern", "init_lora_weights",
-})
+}) | CONFIG_FIELDS  # and what the formats (server/adapters/formats) handle, e.g. use_dora
 # These initialisations rewrite the base weights too; an adapter saved without converting them is only
 # correct on that rewritten base.
 BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq", "lora_ga")
@@ -47,6 +48,7 @@ class AdapterSpec:
     use_rslora: bool
     target_modules: tuple[str, ...]  # subset of MODULES, in MODULES order
     layers: tuple[int, ...]  # sorted decoder layer indices
+    format: str = "lora"  # server/adapters/formats name
 
 
 def _fail(name: str, problem: str) -> AdapterError:
@@ -68,6 +70,12 @@ def parse_adapter_config(name: str, raw: dict, num_layers: int, max_rank: int) -
         raise _fail(name, f"peft_type {raw.get('peft_type')!r} is not supported (only LORA)")
     if raw.get("task_type") not in (None, "CAUSAL_LM"):
         raise _fail(name, f"task_type {raw['task_type']!r} is not supported (only CAUSAL_LM)")
+    for key in CONFIG_FIELDS:
+        if key in raw and raw[key] is not None and not isinstance(raw[key], bool):
+            raise _fail(name, f"{key} must be true or false, got {raw[key]!r}")
+    fmt = format_for_config(raw)
+    if problem := fmt.config_problem(raw):  # before the generic refusal below: the format says why
+        raise _fail(name, problem)
     for key, value in raw.items():
         if key not in IGNORED_FIELDS and key not in HANDLED_FIELDS and _is_set(value):
             raise _fail(name, f"unsupported option {key}={value!r}")
@@ -119,7 +127,7 @@ def parse_adapter_config(name: str, raw: dict, num_layers: int, max_rank: int) -
         modules, layers = resolve_targets(targets, layers_to_transform, pattern or None, num_layers)
     except AdapterError as e:
         raise _fail(name, str(e)) from None
-    return AdapterSpec(rank, float(alpha), use_rslora, modules, layers)
+    return AdapterSpec(rank, float(alpha), use_rslora, modules, layers, fmt.name)
 
 
 def _is_set(value) -> bool:

@@ -1,4 +1,4 @@
-"""An adapter's LoRA factors: adapter_model.safetensors read whole as bytes, checked against its config and the base.
+"""An adapter's factors: adapter_model.safetensors read whole as bytes, checked against its config and base.
 
 Registration reads and checks the file once and records its digest; a later read (the host cache
 evicted the weights) must find the same bytes, so what an adapter computes never changes under its
@@ -7,41 +7,41 @@ name, whatever happens to the folder afterwards.
 
 import hashlib
 import json
+import math
 
 import safetensors
 import torch
 
 from server.adapters.adapter_config import WEIGHTS_FILE, AdapterSpec
 from server.adapters.files import AdapterDir
-from server.adapters.shapes import module_shapes, peft_key
+from server.adapters.formats import Expected, format_of
+from server.adapters.shapes import module_shapes
 from server.adapters.types import AdapterError, AdapterRef, AdapterWeights
 
 FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
 HEADER_BYTES = 64 << 10  # the safetensors JSON header, plus a little per tensor below
 
-Expected = dict[str, tuple[str, tuple[int, str], tuple[int, int]]]  # PEFT key -> ("a" | "b", (layer, module), shape)
-
-
 def expected_tensors(spec: AdapterSpec | AdapterRef, base_config) -> Expected:
-    shapes = module_shapes(base_config)
+    """PEFT key -> (factor, (layer, module), shape) of every tensor the file must hold, as the format says."""
+    shapes, fmt = module_shapes(base_config), format_of(spec.format)
     expected: Expected = {}
     for layer in spec.layers:
         for module in spec.target_modules:
-            fan_in, fan_out = shapes[module]
-            expected[peft_key(layer, module, "A")] = ("a", (layer, module), (spec.rank, fan_in))
-            expected[peft_key(layer, module, "B")] = ("b", (layer, module), (fan_out, spec.rank))
+            expected.update(fmt.tensors(layer, module, spec.rank, *shapes[module]))
     return expected
 
 
 def weights_limit(spec: AdapterSpec | AdapterRef, base_config) -> int:
     """The largest file the config can explain: every expected tensor in float64, and its header."""
     expected = expected_tensors(spec, base_config)
-    return sum(r * c for _, _, (r, c) in expected.values()) * 8 + HEADER_BYTES + 256 * len(expected)
+    return sum(math.prod(shape) for _, _, shape in expected.values()) * 8 + HEADER_BYTES + 256 * len(expected)
 
 
 def content_digest(spec: AdapterSpec | AdapterRef, data: bytes) -> str:
     """sha256 of what decides the adapter's math: the config fields we use and the weights file."""
     fields = [spec.rank, spec.alpha, spec.use_rslora, list(spec.target_modules), list(spec.layers)]
+    if spec.format != "lora":  # LoRA digests stay what they were
+        fields.append(spec.format)
     h = hashlib.sha256(json.dumps(fields).encode())
     h.update(b"\0")
     h.update(data)
@@ -54,17 +54,18 @@ def check_weights(name: str, spec: AdapterSpec | AdapterRef, data: bytes, base_c
 
 
 def parse_weights(name: str, spec: AdapterSpec | AdapterRef, data: bytes, base_config, dtype: torch.dtype,
-                  ) -> tuple[dict[tuple[int, str], torch.Tensor], dict[tuple[int, str], torch.Tensor]]:
-    """(A by (layer, module), B by (layer, module)), cast to dtype; nothing else may be in the file."""
-    factors: dict[str, dict[tuple[int, str], torch.Tensor]] = {"a": {}, "b": {}}
+                  ) -> dict[str, dict[tuple[int, str], torch.Tensor]]:
+    """factor ("a", "b", the format's others) -> (layer, module) -> tensor, cast to dtype; nothing else may be
+    in the file."""
+    factors: dict[str, dict[tuple[int, str], torch.Tensor]] = {f: {} for f in format_of(spec.format).file_factors}
     for flat, entries in _checked(name, spec, data, base_config, dtype):
-        pieces = flat.to(dtype).split([rows * cols for _, _, (rows, cols) in entries])
+        pieces = flat.to(dtype).split([math.prod(shape) for _, _, shape in entries])
         for (factor, slot, shape), piece in zip(entries, pieces, strict=True):
             factors[factor][slot] = piece.view(shape)
-    return factors["a"], factors["b"]
+    return factors
 
 
-Group = tuple[torch.Tensor, list[tuple[str, tuple[int, str], tuple[int, int]]]]  # values, then what they hold
+Group = tuple[torch.Tensor, list[tuple[str, tuple[int, str], tuple[int, ...]]]]  # values, then what they hold
 
 
 def _checked(name: str, spec: AdapterSpec | AdapterRef, data: bytes, base_config, dtype: torch.dtype,
@@ -122,9 +123,10 @@ def read_weights(ref: AdapterRef, base_config) -> bytes:
 
 
 def load_adapter_weights(ref: AdapterRef, base_config, dtype: torch.dtype = torch.float32) -> AdapterWeights:
-    """Every A (r, in) and B (out, r) the ref promises, cast to dtype."""
-    a, b = parse_weights(ref.name, ref, read_weights(ref, base_config), base_config, dtype)
-    return AdapterWeights(ref, a, b)
+    """Every A (r, in), B (out, r) and the format's other factors the ref promises, cast to dtype."""
+    factors = parse_weights(ref.name, ref, read_weights(ref, base_config), base_config, dtype)
+    a, b = factors.pop("a"), factors.pop("b")
+    return AdapterWeights(ref, a, b, factors)
 
 
 def _natural(key: str) -> list:

@@ -1,4 +1,10 @@
-"""Adapters between the registry (host/disk) and the unified pool: pages them in for the scheduler."""
+"""Adapters between the registry (host/disk) and the unified pool: pages them in for the scheduler.
+
+The jobs live apart: holds (holds.py), packing and residency (server/memory/adapter_pages.py), the
+copy into the pool (pool_copy.py, the format says what to write) and the offset tables the runner
+hands the kernels (offset_tables.py); this class ties them together behind the scheduler's
+AdapterAdmission and the runner's look-ups.
+"""
 
 import logging
 import time
@@ -6,10 +12,14 @@ from collections.abc import Callable
 
 import torch
 
+from server.adapters.formats import BaseWeight, format_of
+from server.adapters.holds import AdapterHolds
+from server.adapters.offset_tables import OffsetTables
+from server.adapters.pool_copy import copy_into_pool
 from server.adapters.registry import AdapterRegistry
 from server.adapters.shapes import module_shapes
-from server.adapters.types import MODULES, AdapterError, AdapterRef
-from server.memory.adapter_pages import AdapterPages, Placement, TensorKey
+from server.adapters.types import AdapterError, AdapterRef
+from server.memory.adapter_pages import AdapterPages, TensorKey
 
 log = logging.getLogger(__name__)
 
@@ -17,15 +27,18 @@ log = logging.getLogger(__name__)
 class AdapterManager:
     """The scheduler's AdapterAdmission: acquire pins an adapter in the pool, copying it in when cold."""
 
-    def __init__(self, registry: AdapterRegistry, pages: AdapterPages, pool_flat: torch.Tensor, num_layers: int):
+    def __init__(self, registry: AdapterRegistry, pages: AdapterPages, pool_flat: torch.Tensor, num_layers: int,
+                 base_weight: BaseWeight | None = None):
         self.registry = registry
         self.pages = pages
         self.pool_flat = pool_flat  # (N,)
         self.num_layers = num_layers
         self.shapes = module_shapes(registry.base_config)
-        self._refs: dict[int, AdapterRef] = {}  # adapters of accepted requests (outlive an unregister)
-        self._users: dict[int, int] = {}  # adapter id -> unfinished sequences
-        self._offsets: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (A, B) offsets (L, M)
+        self.holds = AdapterHolds()
+        self.tables = OffsetTables(num_layers)
+        # (layer, module) -> the base weight W (out, in), for formats whose pool tensors depend on it (DoRA);
+        # the model runner sets it, since the model is the runner's
+        self.base_weight = base_weight
         self.on_load: Callable[[float], None] | None = None  # told each cold load's seconds (host/disk -> pool)
 
     # request lifetime
@@ -37,15 +50,11 @@ class AdapterManager:
             raise KeyError(f"the model {name!r} does not exist") from None
 
     def hold(self, ref: AdapterRef, n: int = 1) -> None:
-        self._refs[ref.id] = ref
-        self._users[ref.id] = self._users.get(ref.id, 0) + n
+        self.holds.hold(ref, n)
 
     def unhold(self, adapter_id: int) -> None:
-        self._users[adapter_id] -= 1
-        if self._users[adapter_id] == 0:
-            del self._users[adapter_id]
-            if not self._registered(adapter_id):  # unloaded while in use: free it now
-                self._forget(adapter_id)
+        if self.holds.unhold(adapter_id) and not self._registered(adapter_id):  # unloaded while in use: free now
+            self._forget(adapter_id)
 
     def unregister(self, name: str) -> AdapterRef:
         """On the engine thread (the pool is the engine's); KeyError for an unknown name.
@@ -59,8 +68,8 @@ class AdapterManager:
 
     def _forget(self, adapter_id: int) -> None:
         if self.pages.drop(adapter_id):
-            self._offsets.pop(adapter_id, None)
-            self._refs.pop(adapter_id, None)
+            self.tables.drop(adapter_id)
+            self.holds.forget(adapter_id)
 
     def _registered(self, adapter_id: int) -> bool:
         try:
@@ -70,21 +79,21 @@ class AdapterManager:
         return True
 
     def in_use(self, adapter_id: int) -> bool:
-        return adapter_id in self._users
+        return self.holds.in_use(adapter_id)
 
     # AdapterAdmission
 
     def sizes(self, ref: AdapterRef) -> dict[TensorKey, int]:
+        fmt = format_of(ref.format)
         out: dict[TensorKey, int] = {}
         for layer in ref.layers:
             for m in ref.target_modules:
-                d_in, d_out = self.shapes[m]
-                out[(layer, m, "a")] = ref.rank * d_in
-                out[(layer, m, "b")] = d_out * ref.rank
+                for factor, n in fmt.pool_sizes(ref.rank, *self.shapes[m]).items():
+                    out[(layer, m, factor)] = n
         return out
 
     def acquire(self, adapter_id: int) -> bool:
-        ref = self._refs[adapter_id]
+        ref = self.holds.ref(adapter_id)
         got = self.pages.acquire(adapter_id, self.sizes(ref))
         if got is None:
             return False
@@ -92,11 +101,12 @@ class AdapterManager:
         if new:
             t0 = time.perf_counter()
             try:
-                self._page_in(ref, placement)
+                copy_into_pool(self.registry.weights(ref), placement, self.pool_flat, self.base_weight)
+                self.tables.build(ref.id, placement, format_of(ref.format).pool_factors)
             except BaseException as e:  # never leave it pinned without offsets: every later step would fail
                 self.pages.release(adapter_id)
                 self.pages.drop(adapter_id)
-                self._offsets.pop(adapter_id, None)
+                self.tables.drop(adapter_id)
                 if isinstance(e, AdapterError) or not isinstance(e, Exception):
                     raise
                 raise AdapterError(f"adapter {ref.name!r}: loading into the pool failed: {type(e).__name__}: {e}"
@@ -105,29 +115,18 @@ class AdapterManager:
                 self.on_load(time.perf_counter() - t0)
         return True
 
-    def _page_in(self, ref: AdapterRef, placement: Placement) -> None:
-        weights = self.registry.weights(ref)
-        flat = self.pool_flat
-        for (layer, m), a in weights.a.items():
-            off = placement.offsets[(layer, m, "a")]
-            flat[off : off + a.numel()].copy_(a.reshape(-1))
-        for (layer, m), b in weights.b.items():
-            off = placement.offsets[(layer, m, "b")]
-            flat[off : off + b.numel()].copy_(b.reshape(-1))
-        a_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
-        b_off = torch.full((self.num_layers, len(MODULES)), -1, dtype=torch.int64)
-        for (layer, m, ab), off in placement.offsets.items():
-            (a_off if ab == "a" else b_off)[layer, MODULES.index(m)] = off
-        self._offsets[ref.id] = (a_off, b_off)
-
     def release(self, adapter_id: int) -> None:
         self.pages.release(adapter_id)
 
     # for the runner
 
     def ref(self, adapter_id: int) -> AdapterRef:
-        return self._refs[adapter_id]
+        return self.holds.ref(adapter_id)
 
     def offsets(self, adapter_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(A offsets, B offsets), each (L, M) int64, -1 where the adapter does not reach."""
-        return self._offsets[adapter_id]
+        return self.tables.table(adapter_id, "a"), self.tables.table(adapter_id, "b")
+
+    def factor_offsets(self, adapter_id: int, factor: str) -> torch.Tensor | None:
+        """(L, M) int64 offsets of one pool factor (e.g. DoRA's "scale"); None if the format has none."""
+        return self.tables.table(adapter_id, factor)

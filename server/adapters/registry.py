@@ -76,7 +76,7 @@ class AdapterRegistry:
             raise AdapterError(f"adapter {name!r} is already registered (from {self._by_name[name].path})")
         ref = AdapterRef(next(self._ids), name, checked.path, spec.rank, spec.alpha, spec.use_rslora,
                          spec.target_modules, spec.layers, checked.contents.digest, meta.examples, meta.description,
-                         checked.root)
+                         checked.root, spec.format)
         self._by_name[name] = self._by_id[ref.id] = ref
         return ref
 

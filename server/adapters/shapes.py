@@ -26,7 +26,12 @@ def module_shapes(config) -> dict[str, tuple[int, int]]:
     return shapes
 
 
+def peft_prefix(layer: int, module: str) -> str:
+    """The module's name in the tensor names PEFT's save_pretrained writes."""
+    group = "self_attn" if module in MODULES[:4] else "mlp"
+    return f"base_model.model.model.layers.{layer}.{group}.{module}"
+
+
 def peft_key(layer: int, module: str, factor: str) -> str:
     """The tensor name PEFT's save_pretrained writes (factor is "A" or "B")."""
-    group = "self_attn" if module in MODULES[:4] else "mlp"
-    return f"base_model.model.model.layers.{layer}.{group}.{module}.lora_{factor}.weight"
+    return f"{peft_prefix(layer, module)}.lora_{factor}.weight"

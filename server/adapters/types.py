@@ -1,6 +1,6 @@
 """Adapter handles and weights: what the registry hands the pool and the model runner."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ class AdapterRef:
     examples: tuple[str, ...] = ()  # example prompts from loraplex.json, for the embedding router
     description: str | None = None  # from loraplex.json
     root: Path | None = None  # the allowed root it was loaded under; weights are re-read only from inside it
+    format: str = "lora"  # server/adapters/formats: "lora" or "dora" (PEFT use_dora)
 
     @property
     def scaling(self) -> float:
@@ -44,12 +45,19 @@ class AdapterRef:
 
 @dataclass(slots=True)
 class AdapterWeights:
-    """Dense LoRA factors in PEFT layout, keyed by (layer, module)."""
+    """Dense adapter factors in PEFT layout, keyed by (layer, module)."""
 
     ref: AdapterRef
     a: dict[tuple[int, str], torch.Tensor]  # (r, in_features)
     b: dict[tuple[int, str], torch.Tensor]  # (out_features, r)
+    # the format's other factors by name, e.g. DoRA's "magnitude" -> (layer, module) -> (out_features,)
+    extra: dict[str, dict[tuple[int, str], torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def factors(self) -> dict[str, dict[tuple[int, str], torch.Tensor]]:
+        """Every factor by name, as the formats name them ("a", "b", then the extras)."""
+        return {"a": self.a, "b": self.b, **self.extra}
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.a.values(), *self.b.values()))
+        return sum(t.numel() * t.element_size() for f in self.factors.values() for t in f.values())

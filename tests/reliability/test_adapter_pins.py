@@ -50,7 +50,7 @@ def add(manager, make_adapter, name):
 
 
 def nothing_left(manager, ref) -> bool:
-    return not manager.pages.is_resident(ref.id) and ref.id not in manager._offsets
+    return not manager.pages.is_resident(ref.id) and ref.id not in manager.tables
 
 
 @pytest.mark.parametrize("error", [RuntimeError("copy failed"), MemoryError(), OSError(5, "I/O error")])
@@ -90,7 +90,7 @@ def test_unregister_of_an_idle_adapter_frees_its_pages_at_once(manager, make_ada
     assert manager.pages.is_resident(ref.id) and manager.pages.pool.num_free < PAGES
 
     assert manager.unregister("a") == ref
-    assert "a" not in manager.registry and nothing_left(manager, ref) and ref.id not in manager._refs
+    assert "a" not in manager.registry and nothing_left(manager, ref) and ref.id not in manager.holds
     assert manager.pages.pool.num_free == PAGES and manager.pages.stats.resident == 0
     with pytest.raises(KeyError):
         manager.unregister("a")
@@ -104,4 +104,4 @@ def test_unregister_of_an_adapter_in_use_frees_it_after_its_last_request(manager
     assert manager.pages.is_resident(ref.id) and manager.offsets(ref.id) is not None  # still running
     manager.release(ref.id)
     manager.unhold(ref.id)
-    assert nothing_left(manager, ref) and ref.id not in manager._refs and manager.pages.pool.num_free == PAGES
+    assert nothing_left(manager, ref) and ref.id not in manager.holds and manager.pages.pool.num_free == PAGES

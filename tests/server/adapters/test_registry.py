@@ -99,7 +99,7 @@ def test_register_dir_names_by_folder(tiny_config, make_adapter, tmp_path):
 def test_register_dir_is_all_or_nothing(tiny_config, make_adapter, tmp_path):
     root = tmp_path / "lib"
     make_adapter("good", root=root)
-    patch_config(make_adapter("dora", root=root), use_dora=True)
+    patch_config(make_adapter("dora", root=root), use_dora=True, lora_bias=True)
     patch_config(make_adapter("huge", rank=128, root=root))
     registry = AdapterRegistry(tiny_config)
     with pytest.raises(AdapterError) as err:

@@ -119,7 +119,7 @@ def test_alpha_not_a_number(registry, make_adapter):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("use_dora", True), ("lora_bias", True), ("modules_to_save", ["lm_head"]), ("rank_pattern", {"q_proj": 8}),
+    ("lora_bias", True), ("modules_to_save", ["lm_head"]), ("rank_pattern", {"q_proj": 8}),
     ("alpha_pattern", {"v_proj": 32}), ("bias", "all"), ("layer_replication", [[0, 2]]),
     ("trainable_token_indices", [5]), ("exclude_modules", ["v_proj"]), ("some_future_option", 3),
 ])
