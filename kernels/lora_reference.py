@@ -33,3 +33,14 @@ def expand_reference(y, pool, b_offsets, info: LoRABatchInfo, out_features: int)
 def lora_reference(x, pool, a_offsets, b_offsets, info: LoRABatchInfo, out_features: int) -> torch.Tensor:
     """x (T, in) -> (T, out) fp32 delta: scale_s * x_t @ A_s.T @ B_s.T per row, 0 for base-only rows."""
     return expand_reference(shrink_reference(x, pool, a_offsets, info), pool, b_offsets, info, out_features)
+
+
+def dora_rescale_reference(out, pool, scale_offsets, info: LoRABatchInfo) -> torch.Tensor:
+    """out (T, out) -> (T, out) fp32: row t with slot s times the scale vector at pool[scale_offsets[s]:]
+    (DoRA's m / ||W + s B A|| per output channel); rows without a slot or offset (< 0) unchanged."""
+    got = out.float().cpu().clone()  # (T, out)
+    offsets = scale_offsets.tolist()
+    for t, s in enumerate(info.row_slots.tolist()):
+        if s >= 0 and offsets[s] >= 0:
+            got[t] *= pool.cpu()[offsets[s] : offsets[s] + out.shape[1]].float()
+    return got

@@ -100,3 +100,18 @@ def quant_matmul(x, blocks, qtype):
     from kernels.torch.quant_matmul import quant_matmul as twin
 
     return twin(x, blocks, qtype)
+
+
+def dora_rescale(out, pool, scale_offsets, info) -> None:
+    """out (T, out) *= each DoRA row's per-channel scale (m / ||W + s B A||, in the pool); other rows untouched."""
+    if _use_triton(out):
+        from kernels.triton.dora_rescale import dora_rescale_fwd
+
+        return dora_rescale_fwd(out, pool, scale_offsets, info)
+    from kernels.cpu import dora as cpu_dora
+
+    if not _FORCE_TORCH and cpu_dora.available(out):
+        return cpu_dora.dora_rescale(out, pool, scale_offsets, info)
+    from kernels.torch.dora import dora_rescale as twin
+
+    return twin(out, pool, scale_offsets, info)
