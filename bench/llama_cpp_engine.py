@@ -9,12 +9,15 @@ float32 checkpoint (F32 must match; the quantised files are reported), then
   one sequence;
 - llama-batched-bench -npp 128 -ntg 64 -npl 16,64 -t 2: 16 and 64 sequences, each its own 128-token prompt,
   64 tokens generated each; decode tok/s (generated tokens / decode time) and generated tokens / total time.
-Both tools print machine-readable output (llama-bench -o json, llama-batched-bench --output-format jsonl),
-parsed here. bench/engine.py can import `measure()`.
+`--threads 2,1` times both thread counts: two threads spin at each barrier and collapse when another process
+wants a core (decode 6x slower on a loaded machine), one thread does not. Both tools print machine-readable
+output (llama-bench -o json, llama-batched-bench --output-format jsonl), parsed here.
+bench/engine.py can import `measure()`.
 
-With --serve, llama-server (F32, --parallel 16) also takes bursts of 96 requests through bench/serve.py (prompts
-16-64 tokens, 48 generated, greedy): the base model with no adapter loaded, then with the 100 synthetic adapters
-loaded, the base again and the adapters at Zipf(1), each adapter named by the request's lora field.
+With --serve, llama-server (F32, --parallel 16, --threads 1 as in the comparison) also takes bursts of 96
+requests through bench/serve.py (prompts 16-64 tokens, 48 generated, greedy): the base model with no adapter
+loaded, then with the 100 synthetic adapters loaded, the base again and the adapters at Zipf(1), each adapter
+named by the request's lora field.
 """
 
 import argparse
@@ -84,11 +87,11 @@ def parse_batched_bench(stdout: str) -> dict[int, dict]:
     return out
 
 
-def greedy_tokens_llama(build: llama_cpp.Build, model: Path, threads: int) -> list[list[int]]:
+def greedy_tokens_llama(build: llama_cpp.Build, model: Path) -> list[list[int]]:
     """CHECK_TOKENS greedy tokens per CHECK_PROMPTS from llama-server (EOS ignored)."""
     port = process.free_port()
     log = llama_cpp.cache_root() / "logs" / f"check-{model.stem}.log"
-    server = process.start("llama-server", llama_cpp.server_command(build, port, model, [], 1, threads), port, log)
+    server = process.start("llama-server", llama_cpp.server_command(build, port, model, [], 1), port, log)
     try:
         return [httpx.post(f"{server.url}/completion", timeout=300,
                            json={"prompt": p, "n_predict": CHECK_TOKENS, "temperature": 0, "ignore_eos": True,
@@ -135,37 +138,42 @@ def cpu_info() -> dict:
             "flags": [f for f in CPU_FLAGS if f in flags]}
 
 
-def measure(kinds: tuple[str, ...] = llama_cpp.MODEL_KINDS, threads: int = llama_cpp.THREADS) -> dict:
-    """Validate, then time every kind with both tools; the results file's content."""
+def measure(kinds: tuple[str, ...] = llama_cpp.MODEL_KINDS, threads: tuple[int, ...] = (llama_cpp.THREADS,)) -> dict:
+    """Validate, then time every kind with both tools at each thread count; the results file's content."""
     build = llama_cpp.ensure_built()
     reference = greedy_tokens_reference()
     models, figures = {}, {}
     for kind in kinds:
         model = llama_cpp.convert_model(kind)
         models[kind] = {"path": str(model), "bytes": model.stat().st_size}
-        check = agreement(greedy_tokens_llama(build, model, threads), reference)
+        check = agreement(greedy_tokens_llama(build, model), reference)
         print(f"{kind}: greedy tokens vs transformers fp32: {check['identical']}/{check['of']} identical, "
               f"prefixes {check['matching_prefix_tokens']}", file=sys.stderr)
         if kind == "f32" and check["identical"] != check["of"]:
             raise RuntimeError(f"F32 GGUF disagrees with our checkpoint: {check}")
-        single_cmd = llama_bench_command(build, model, threads)
-        batched_cmd = batched_bench_command(build, model, threads)
-        out, single_s, single_load = _run(single_cmd)
-        single = parse_llama_bench(out)
-        out, batched_s, batched_load = _run(batched_cmd)
-        batched = parse_batched_bench(out)
-        figures[kind] = {"validation": check, "single": single, "batched": batched,
-                         "commands": [" ".join(single_cmd), " ".join(batched_cmd)],
-                         "wall_s": [round(single_s, 1), round(batched_s, 1)],
-                         "loadavg_1min_before_after": [single_load, batched_load]}
-        line = " ".join(f"{n} seqs {b['decode_tok_per_s']:.0f} tok/s" for n, b in batched.items())
-        print(f"{kind}: prefill {single['prefill_tok_per_s']:.0f} tok/s, decode {single['decode_ms_per_token']:.2f} "
-              f"ms/token; {line}", file=sys.stderr)
+        figures[kind] = {"validation": check, "by_threads": {}}
+        for t in threads:
+            single_cmd, batched_cmd = llama_bench_command(build, model, t), batched_bench_command(build, model, t)
+            out, single_s, single_load = _run(single_cmd)
+            single = parse_llama_bench(out)
+            out, batched_s, batched_load = _run(batched_cmd)
+            batched = parse_batched_bench(out)
+            figures[kind]["by_threads"][t] = {
+                "single": single, "batched": batched, "commands": [" ".join(single_cmd), " ".join(batched_cmd)],
+                "wall_s": [round(single_s, 1), round(batched_s, 1)],
+                "loadavg_1min_before_after": [single_load, batched_load]}
+            print(f"{kind} -t {t}: {summary_line(single, batched)}", file=sys.stderr)
     return {"llama_cpp": {"commit": build.commit, "llama_cpp_python": build.version,
                           "cmake_flags": list(llama_cpp.CMAKE_FLAGS)},
-            "threads": threads, "cpu": cpu_info(), "models": models, "results": figures,
+            "threads": list(threads), "cpu": cpu_info(), "models": models, "results": figures,
             "workload": {"single": f"1 sequence, {PROMPT}-token prompt, {GEN} generated",
                          "batched": f"{PARALLEL} sequences, each a {PROMPT}-token prompt and {GEN} generated"}}
+
+
+def summary_line(single: dict, batched: dict[int, dict]) -> str:
+    line = ", ".join(f"{n} seqs {b['decode_tok_per_s']:.0f}" for n, b in batched.items())
+    return (f"prefill {single['prefill_tok_per_s']:.0f} tok/s, decode {single['decode_ms_per_token']:.2f} ms/token; "
+            f"decode tok/s at {line}")
 
 
 def serve_burst(server: process.ServerProcess, label: str, n: int, out: Path,
@@ -184,7 +192,7 @@ def serve_burst(server: process.ServerProcess, label: str, n: int, out: Path,
             "loadavg_1min_before_after": [load, os.getloadavg()[0]]} | {k: result["summary"][k] for k in keep}
 
 
-def measure_serving(threads: int = llama_cpp.THREADS) -> dict:
+def measure_serving(threads: int = llama_cpp.SERVER_THREADS) -> dict:
     """llama-server alone: the base with no adapter loaded; then 100 adapters loaded, base and adapter bursts."""
     out_dir = llama_cpp.cache_root() / "logs"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,20 +219,20 @@ def measure_serving(threads: int = llama_cpp.THREADS) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kinds", default=",".join(llama_cpp.MODEL_KINDS))
-    ap.add_argument("--threads", type=int, default=llama_cpp.THREADS)
+    ap.add_argument("--threads", default=str(llama_cpp.THREADS), help="comma-separated thread counts, e.g. 2,1")
     ap.add_argument("--serve", action="store_true", help="also llama-server under bursts (see the module doc)")
+    ap.add_argument("--serve-threads", type=int, default=llama_cpp.SERVER_THREADS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     report = {"command": "python -m bench.llama_cpp_engine " + " ".join(sys.argv[1:]), "uptime_before": uptime}
-    report |= measure(tuple(k for k in args.kinds.split(",") if k), args.threads)
+    report |= measure(tuple(k for k in args.kinds.split(",") if k), tuple(int(t) for t in args.threads.split(",")))
     if args.serve:
-        report["serving"] = measure_serving(args.threads)
+        report["serving"] = measure_serving(args.serve_threads)
     report["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     for kind, r in report["results"].items():
-        batched = ", ".join(f"{n} seqs {b['decode_tok_per_s']:.0f}" for n, b in r["batched"].items())
-        print(f"{kind}: prefill {r['single']['prefill_tok_per_s']:.0f} tok/s, decode "
-              f"{r['single']['decode_ms_per_token']:.2f} ms/token, decode tok/s at {batched}")
+        for t, fig in r["by_threads"].items():
+            print(f"{kind} -t {t}: {summary_line(fig['single'], fig['batched'])}")
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
 

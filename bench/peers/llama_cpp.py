@@ -31,7 +31,7 @@ import httpx
 
 from bench.peers import process, validate
 from bench.peers.assets import adapter_names, adapters_dir, base_model_dir, strong_adapter
-from bench.peers.systems import SERVED_NAME, System
+from bench.peers.systems import COMPUTE_THREADS, SERVED_NAME, System
 from bench.serve import fetch_lora_ids
 from server.config import default_cache_dir
 from server.model.loader import default_model_path
@@ -43,7 +43,10 @@ CMAKE_FLAGS = ("-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DCMAKE_BUILD_TYPE=Relea
                "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
                "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF")
 MODEL_KINDS = ("f32", "q8_0", "q4_1")
-THREADS = 2  # every core of the development machine
+THREADS = 2  # every core of the development machine: llama-bench and llama-batched-bench
+# llama-server in the comparison gets one compute thread like every other system there (systems.py): its two
+# threads spin at each barrier and collapse when another process takes a core (10x slower decode, measured)
+SERVER_THREADS = int(COMPUTE_THREADS)
 CTX_PER_SLOT = 512  # tokens of KV per llama-server slot: the comparison's prompts + outputs stay under 128
 
 
@@ -204,7 +207,7 @@ def convert_lora(adapter_dir: Path) -> Path:
 
 
 def server_command(build: Build, port: int, model: Path, loras: list[Path], parallel: int,
-                   threads: int = THREADS) -> list[str]:
+                   threads: int = SERVER_THREADS) -> list[str]:
     """llama-server with `parallel` slots of CTX_PER_SLOT tokens; adapters loaded at scale 0 (chosen per request)."""
     cmd = [str(build.binary("llama-server")), "--model", str(model), "--alias", SERVED_NAME,
            "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads), "--parallel", str(parallel),
@@ -223,7 +226,7 @@ def adapters_for(n: int) -> list[Path]:
 
 
 def start(port: int, n: int, log: Path, kind: str = "f32", parallel: int = 16,
-          threads: int = THREADS) -> process.ServerProcess:
+          threads: int = SERVER_THREADS) -> process.ServerProcess:
     """llama-server on our base model (`kind`) with n synthetic adapters + `strong`; none at all when n = 0."""
     build = ensure_built()
     loras = convert_loras(adapters_for(n))
@@ -253,7 +256,7 @@ SERVE_ARGS = ("--lora-field",)  # bench/serve.py run: name adapters by the lora 
 PARALLEL = 16  # llama-server slots in the comparison (requests in flight at once; more wait in its queue)
 SYSTEMS = {
     "llama-server": System("llama-server", f"llama.cpp llama-server (llama-cpp-python {VERSION}'s tree), F32 GGUF "
-                           f"of our base, --threads {THREADS} --parallel {PARALLEL} --ctx-size "
+                           f"of our base, --threads {SERVER_THREADS} --parallel {PARALLEL} --ctx-size "
                            f"{PARALLEL * CTX_PER_SLOT}, every adapter as --lora (f32 GGUF) with "
                            "--lora-init-without-apply, chosen per request by its lora field",
                            lambda port, n, log: start(port, n, log, parallel=PARALLEL)),
@@ -270,7 +273,7 @@ def main() -> None:
     s.add_argument("--n", type=int, default=100, help="synthetic adapters loaded (0: none, the base alone)")
     s.add_argument("--kind", default="f32", choices=MODEL_KINDS)
     s.add_argument("--parallel", type=int, default=PARALLEL)
-    s.add_argument("--threads", type=int, default=THREADS)
+    s.add_argument("--threads", type=int, default=SERVER_THREADS)
     s.add_argument("--log", default="/tmp/llama-server.log")
     args = ap.parse_args()
     if args.cmd == "build":

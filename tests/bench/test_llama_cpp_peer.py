@@ -194,7 +194,7 @@ def test_server_command_loads_adapters_unapplied_and_sizes_the_context():
     build = llama_cpp.Build("0.3.36", "abc", Path("/src"), Path("/bin"))
     cmd = llama_cpp.server_command(build, 9000, Path("m.gguf"), [Path("a.gguf"), Path("b.gguf")], parallel=16)
     text = " ".join(cmd)
-    assert cmd[0] == "/bin/llama-server" and "--threads 2 --parallel 16" in text
+    assert cmd[0] == "/bin/llama-server" and "--threads 1 --parallel 16" in text
     assert f"--ctx-size {16 * llama_cpp.CTX_PER_SLOT}" in text and f"--alias {SERVED_NAME}" in text
     assert "--lora a.gguf --lora b.gguf --lora-init-without-apply" in text
     base = " ".join(llama_cpp.server_command(build, 9000, Path("m.gguf"), [], parallel=4))
