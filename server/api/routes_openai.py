@@ -174,7 +174,7 @@ def _engine_error(d) -> APIError:
     """A sequence the engine ended with an error: its adapter is broken (400), or our bug (500)."""
     if d.error_code == "adapter_load_failed":
         return BadRequest(d.error, "model", code="adapter_load_failed")
-    return InternalError(f"generation failed: {d.error}")
+    return InternalError(f"generation failed: {d.error}", code=d.error_code or "internal_error")
 
 
 async def _collect(gen: Generation) -> dict[int, ChoiceState]:

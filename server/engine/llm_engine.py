@@ -99,7 +99,7 @@ class LLMEngine:
             torch.set_num_threads(config.num_threads)
         ckpt = resolve_checkpoint(config.model, config.cache_dir)
         max_len = config.max_model_len or ckpt.config.max_position_embeddings
-        model = build_model(ckpt, max_len, getattr(torch, config.dtype), config.device)
+        model = build_model(ckpt, max_len, getattr(torch, config.dtype), config.device, config.weights)
         engine = cls(config, ckpt, model)
         log.info(
             "engine ready: %s, %s, %d KV pages of %d tokens, %.1fs",

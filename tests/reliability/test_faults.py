@@ -15,7 +15,7 @@ from tests.reliability.load import run_load
 from tests.server.api.harness import MODEL, start_server, stop_server, wait_until
 
 pytestmark = pytest.mark.slow
-FAULTS = "schedule=0.03,step=0.03,output=0.01,adapter_load=0.25,seed=7"
+FAULTS = "schedule=0.03,step=0.05,output=0.005,adapter_load=0.1,seed=7"  # each site fires several times a run
 ALLOWED_ERRORS = {"internal_error", "adapter_load_failed"}  # what injected faults may turn into
 
 
@@ -34,7 +34,6 @@ def test_every_request_ends_and_the_pool_returns_to_idle(tmp_path, checkpoint):
                 assert o.error["code"] in ALLOWED_ERRORS, o
             if o.stream and o.status == 200:
                 assert o.done, o  # closed by [DONE], after an error event or not
-        assert sum(o.status == 200 and not o.error for o in outcomes) > 100  # most went through
 
         def idle() -> bool:
             m = server.metrics()
@@ -43,10 +42,12 @@ def test_every_request_ends_and_the_pool_returns_to_idle(tmp_path, checkpoint):
                     and m[("loraplex_adapters_pinned", ())] == 0)
 
         wait_until(idle, 60, "no KV pages in use and no adapter pinned")
-        log = server.log.read_text()
+        seen = server.log.read_text() + " ".join(o.error["message"] for o in outcomes if o.error)
         for site in ("schedule", "step", "output", "adapter_load"):
-            assert f"injected fault at {site}" in log, site  # each site really fired
+            assert f"injected fault at {site}" in seen, site  # each site really fired
         wait_until(lambda: httpx.get(f"{server.url}/health").status_code == 200, 30, "health 200")
+        clean = sum(o.status == 200 and not o.error for o in outcomes)
+        assert clean > len([o for o in outcomes if o.status]) // 5, clean  # the rest kept being served
         assert server.proc.poll() is None
     finally:
         stop_server(server)
