@@ -11,7 +11,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from kernels import ops
-from server.model.batch import AttentionBatch
+from server.model.batch import ForwardStep
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (k_cache, v_cache), (pages, bs, kvh, hd)
 
@@ -54,6 +54,11 @@ class Rotary(nn.Module):
         return self.cos[positions].to(dtype), self.sin[positions].to(dtype)  # (T, hd) each
 
 
+def project(proj: nn.Module, x: torch.Tensor, step: ForwardStep) -> torch.Tensor:
+    """A projection of the model; wrapped ones (LoRA) read the step, plain Linears do not."""
+    return proj(x, step) if getattr(proj, "reads_step", False) else proj(x)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (T, heads, hd); cos/sin (T, hd)."""
     half = x.shape[-1] // 2
@@ -75,11 +80,11 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, kv_dim, bias=bias)
         self.o_proj = nn.Linear(q_dim, d, bias=bias)
 
-    def forward(self, x, cos, sin, batch: AttentionBatch, kv: tuple[torch.Tensor, torch.Tensor]):
-        T = x.shape[0]
-        q = self.q_proj(x).view(T, self.num_heads, self.head_dim)  # (T, H, hd)
-        k = self.k_proj(x).view(T, self.num_kv_heads, self.head_dim)  # (T, kvh, hd)
-        v = self.v_proj(x).view(T, self.num_kv_heads, self.head_dim)
+    def forward(self, x, cos, sin, step: ForwardStep, kv: tuple[torch.Tensor, torch.Tensor]):
+        T, batch = x.shape[0], step.attention
+        q = project(self.q_proj, x, step).view(T, self.num_heads, self.head_dim)  # (T, H, hd)
+        k = project(self.k_proj, x, step).view(T, self.num_kv_heads, self.head_dim)  # (T, kvh, hd)
+        v = project(self.v_proj, x, step).view(T, self.num_kv_heads, self.head_dim)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         k_cache, v_cache = kv
         ops.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
@@ -99,7 +104,7 @@ class Attention(nn.Module):
                 )
             )
         o = parts[0] if len(parts) == 1 else torch.cat(parts)  # (T, H, hd)
-        return self.o_proj(o.reshape(T, -1))
+        return project(self.o_proj, o.reshape(T, -1), step)
 
 
 class MLP(nn.Module):
@@ -110,8 +115,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(d, h, bias=bias)
         self.down_proj = nn.Linear(h, d, bias=bias)
 
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+    def forward(self, x, step: ForwardStep):
+        h = F.silu(project(self.gate_proj, x, step)) * project(self.up_proj, x, step)
+        return project(self.down_proj, h, step)
 
 
 class DecoderLayer(nn.Module):
@@ -122,9 +128,9 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, batch, kv):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, kv)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, cos, sin, step: ForwardStep, kv):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, step, kv)
+        return x + self.mlp(self.post_attention_layernorm(x), step)
 
 
 class LlamaBackbone(nn.Module):
@@ -145,21 +151,21 @@ class LlamaForCausalLM(nn.Module):
         if not self.tied:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def hidden_states(self, input_ids, positions, batch: AttentionBatch, kv_cache: KVCache) -> torch.Tensor:
+    def hidden_states(self, input_ids, positions, step: ForwardStep, kv_cache: KVCache) -> torch.Tensor:
         """input_ids, positions (T,) -> final normed hidden states (T, D)."""
         x = self.model.embed_tokens(input_ids)  # (T, D)
         cos, sin = self.rotary(positions, x.dtype)
         for layer, kv in zip(self.model.layers, kv_cache, strict=True):
-            x = layer(x, cos, sin, batch, kv)
+            x = layer(x, cos, sin, step, kv)
         return self.model.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         w = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
         return F.linear(h, w)  # (S, V)
 
-    def forward(self, input_ids, positions, batch: AttentionBatch, kv_cache: KVCache) -> torch.Tensor:
-        h = self.hidden_states(input_ids, positions, batch, kv_cache)
-        return self.logits(h[batch.logits_indices])  # (S, V)
+    def forward(self, input_ids, positions, step: ForwardStep, kv_cache: KVCache) -> torch.Tensor:
+        h = self.hidden_states(input_ids, positions, step, kv_cache)
+        return self.logits(h[step.attention.logits_indices])  # (S, V)
 
     def load_hf_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         state = dict(state)

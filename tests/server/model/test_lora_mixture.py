@@ -2,7 +2,7 @@
 
 import pytest
 
-from server.engine.llm_engine import EngineRequest
+from server.engine.llm_engine import EngineRequest, UnknownAdapter
 from server.engine.sampling_params import SamplingParams
 from tests.server.model.peft_cases import PROMPTS, N, peft_greedy
 
@@ -23,7 +23,7 @@ def run_together(engine, requests: list[EngineRequest]) -> tuple[dict[str, list[
     while engine.has_work():
         for d in engine.step():
             got.setdefault(d.request_id, []).extend(d.token_ids)
-        info = engine.runner.lora.step.info if engine.runner.lora.step else None
+        info = engine.runner.last_lora.info if engine.runner.last_lora else None
         if info is not None and info.entry_rows is not None:
             most_entries = max(most_entries, info.num_rows)
     return got, most_entries
@@ -88,5 +88,5 @@ def test_bad_mixtures_are_refused(engine_with_adapters, mixture, adapter, messag
 
 
 def test_unknown_adapter_in_a_mixture_is_refused(engine_with_adapters):
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(UnknownAdapter, match="nope"):
         engine_with_adapters.check_request(EngineRequest("bad", [1, 2, 3], GREEDY, mixture=(("qv8", 0.5), ("nope", 1))))
