@@ -4,6 +4,7 @@ Same model, dtype, prompts and lengths for all three, in one run. Greedy outputs
 each other before anything is timed.
 
     python bench/engine.py --out bench/results/engine.json
+    python -m bench.engine --llama-cpp --weights fp32,gguf --out bench/results/engine_vs_llama_cpp.json
 """
 
 import argparse
@@ -92,7 +93,21 @@ def main() -> None:
     ap.add_argument("--max-batch-tokens", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--llama-cpp", action="store_true", help="instead: loraplex beside llama.cpp on the same "
+                    "weights (bench/engine_vs_llama_cpp.py), one request and 16/64 in flight")
+    ap.add_argument("--weights", default="fp32,gguf", help="with --llama-cpp: weights modes to measure")
+    ap.add_argument("--threads", type=int, default=2, help="with --llama-cpp: threads for both engines")
     args = ap.parse_args()
+    if args.llama_cpp:
+        from bench.engine_vs_llama_cpp import compare
+
+        report = compare(args.weights.split(","), args.threads)
+        report["command"] = (f"python -m bench.engine --llama-cpp --weights {args.weights} --threads {args.threads}"
+                             + (f" --out {args.out}" if args.out else ""))
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(report, f, indent=1)
+        return
     dtype = resolve_dtype(args.dtype, "cpu")
 
     engine = LLMEngine.from_config(

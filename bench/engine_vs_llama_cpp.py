@@ -1,0 +1,94 @@
+"""loraplex's engine beside llama.cpp on the same weights: one request (prefill tok/s, decode ms/token)
+and 16 / 64 in flight (generated tok/s), for each `--weights` mode, in one run.
+
+    python -m bench.engine --llama-cpp --weights fp32,gguf --threads 2 --out bench/results/engine_vs_llama_cpp.json
+
+fp32 weights are compared with llama.cpp's F32 file converted from the same checkpoint; gguf (the
+embedded file's own Q4_1 blocks) with llama.cpp on that same Q4_1 file. Greedy tokens are validated
+against transformers fp32 before anything is timed (ours here, llama.cpp's in bench/llama_cpp_engine.py).
+"""
+
+import time
+
+import torch
+
+from server.config import EngineConfig
+from server.engine.llm_engine import EngineRequest, LLMEngine
+from server.engine.sampling_params import SamplingParams
+
+PROMPT, GEN, PARALLEL = 128, 64, (16, 64)
+LLAMA_KIND = {"fp32": "f32", "gguf": "q4_1"}  # our weights mode -> the llama.cpp file of the same weights
+
+
+def _prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1000, vocab - 1000, (PROMPT,), generator=g).tolist() for _ in range(n)]
+
+
+def _timed_run(engine: LLMEngine, prompts: list[list[int]]) -> dict:
+    """Step by step: seconds in steps that prefill, seconds in pure decode steps, generated tokens."""
+    params = SamplingParams(max_tokens=GEN, temperature=0, ignore_eos=True)
+    for i, p in enumerate(prompts):
+        engine.add_request(EngineRequest(f"r{i}-{time.monotonic_ns()}", p, params))
+    prefill_s = decode_s = 0.0
+    generated = 0
+    t_all = time.perf_counter()
+    while engine.has_work():
+        t0 = time.perf_counter()
+        deltas = engine.step()
+        dt = time.perf_counter() - t0
+        if engine.last_step is not None and engine.last_step.prefills:
+            prefill_s += dt
+        else:
+            decode_s += dt
+        generated += sum(len(d.token_ids) for d in deltas)
+    return {"prefill_s": prefill_s, "decode_s": decode_s, "total_s": time.perf_counter() - t_all,
+            "generated": generated}
+
+
+def ours(weights: str, threads: int, seed: int = 0) -> dict:
+    torch.set_num_threads(threads)
+    engine = LLMEngine.from_config(EngineConfig(dtype="float32", weights=weights, pool_mb=1024,
+                                                max_num_seqs=max(PARALLEL), max_batch_tokens=2048,
+                                                max_model_len=PROMPT + GEN + 16, num_threads=threads))
+    vocab = engine.checkpoint.config.vocab_size
+    _timed_run(engine, _prompts(2, vocab, seed + 1))  # warm-up: kernels built, caches hot
+    one = _timed_run(engine, _prompts(1, vocab, seed))
+    single = {"prefill_tok_per_s": PROMPT / one["prefill_s"],  # the prompt's step also samples token 1
+              "decode_ms_per_token": one["decode_s"] / (GEN - 1) * 1e3}
+    batched = {}
+    for n in PARALLEL:
+        r = _timed_run(engine, _prompts(n, vocab, seed + n))
+        batched[n] = {"generated_tok_per_s": r["generated"] / r["total_s"],
+                      "decode_tok_per_s": n * (GEN - 1) / r["decode_s"], "total_s": r["total_s"]}
+    return {"weights": weights, "threads": threads, "single": single, "batched": batched}
+
+
+def ratios(mine: dict, theirs: dict) -> dict:
+    """>1 = loraplex faster. decode: ms/token, so theirs / ours."""
+    s, t = mine["single"], theirs["single"]
+    out = {"single_decode": t["decode_ms_per_token"] / s["decode_ms_per_token"],
+           "single_prefill": s["prefill_tok_per_s"] / t["prefill_tok_per_s"]}
+    for n, b in mine["batched"].items():
+        tb = theirs["batched"].get(n) or theirs["batched"].get(str(n))
+        if tb:
+            out[f"{n}_in_flight_decode"] = b["decode_tok_per_s"] / tb["decode_tok_per_s"]
+            if "generated_tok_per_s" in tb:
+                out[f"{n}_in_flight_generated"] = b["generated_tok_per_s"] / tb["generated_tok_per_s"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def compare(weights: list[str], threads: int) -> dict:
+    from bench.llama_cpp_engine import measure
+
+    mine = {w: ours(w, threads) for w in weights}
+    theirs = measure(tuple(LLAMA_KIND[w] for w in weights), (threads,))
+    rows = {}
+    for w in weights:
+        kind = LLAMA_KIND[w]
+        llama = theirs["results"][kind]["by_threads"][threads]
+        rows[w] = {"loraplex": mine[w], "llama_cpp": {"file": kind, **llama}, "ratio": ratios(mine[w], llama)}
+        print(f"{w} vs llama.cpp {kind}: {rows[w]['ratio']}")
+    return {"threads": threads, "workload": {"single": f"1 request, {PROMPT}-token prompt, {GEN} generated",
+                                             "batched": f"{PARALLEL} requests in flight, {PROMPT} + {GEN} each"},
+            "llama_cpp": theirs["llama_cpp"], "cpu": theirs["cpu"], "results": rows}
