@@ -202,8 +202,15 @@ def measure_serving(threads: int = llama_cpp.SERVER_THREADS) -> dict:
         server = llama_cpp.start(process.free_port(), loaded, log, parallel=BURST["parallel"], threads=threads)
         try:
             serve_burst(server, "warmup", loaded, out_dir / "warmup.json", requests=8)  # not kept
-            if loaded:
-                runs["validation"] = validate.check(llama_cpp.greedy_outputs(server.url))
+            if not loaded:
+                base = llama_cpp.greedy_outputs(server.url, [SERVED_NAME])[SERVED_NAME]
+            else:
+                check = validate.check(llama_cpp.greedy_outputs(server.url))
+                # adapters loaded must not touch a request that names none
+                check["base_unchanged_by_loaded_adapters"] = check["outputs"][SERVED_NAME] == base
+                runs["validation"] = check
+                if not check["adapters_change_output"] or not check["base_unchanged_by_loaded_adapters"]:
+                    raise RuntimeError(f"llama-server's adapters are not applied per request: {check}")
             for n in sorted({0, loaded}):
                 label = f"{'base' if n == 0 else f'{n} adapters Zipf(1)'}, {loaded} adapters loaded"
                 runs[label] = serve_burst(server, label, n, out_dir / f"serve-{loaded}-{n}.json")

@@ -165,8 +165,8 @@ def measure(plan: Plan, system: str, out_dir: Path, deadline: float, port: int) 
 
 
 def abbreviate(cmd: list[str]) -> str:
-    """The server command with a long --lora-modules list (vLLM) or a run of --lora flags (llama-server) cut to
-    its first entry and a count."""
+    """The server command with a long --lora-modules list (vLLM) or --lora-scaled list (llama-server) cut to its
+    first entry and a count."""
     out, i = [], 0
     while i < len(cmd):
         out.append(cmd[i])
@@ -174,12 +174,10 @@ def abbreviate(cmd: list[str]) -> str:
             mods = [c for c in cmd[i + 1 :] if "=" in c and not c.startswith("--")]
             out += [mods[0], f"... ({len(mods)} entries, synth-NNNN=DIR/synth-NNNN)"]
             i += len(mods)
-        elif cmd[i] == "--lora":
-            run = 1
-            while i + 2 * run < len(cmd) and cmd[i + 2 * run] == "--lora":
-                run += 1
-            out += [cmd[i + 1], f"... ({run} --lora flags, DIR/NAME.gguf)"] if run > 1 else [cmd[i + 1]]
-            i += 2 * run - 1
+        elif cmd[i] == "--lora-scaled" and i + 1 < len(cmd):
+            entries = cmd[i + 1].split(",")
+            out.append(entries[0] + (f",... ({len(entries)} entries, DIR/NAME.gguf:0)" if len(entries) > 1 else ""))
+            i += 1
         i += 1
     return " ".join(out)
 

@@ -149,7 +149,7 @@ def test_target_names_an_adapter_by_its_lora_id_for_llama_server():
     body = t.body(_request(1))
     assert body["lora"] == [{"id": 1, "scale": 1.0}] and body["model"] == "synth-0001"
     base = t.body(_request(-1))
-    assert "lora" not in base and base["model"] == SERVED_NAME  # no lora field: every adapter at scale 0
+    assert "lora" not in base and base["model"] == SERVED_NAME  # no lora field: every adapter at its load scale, 0
 
 
 def test_target_without_lora_ids_sends_no_lora_field():
@@ -196,16 +196,23 @@ def test_server_command_loads_adapters_unapplied_and_sizes_the_context():
     text = " ".join(cmd)
     assert cmd[0] == "/bin/llama-server" and "--threads 1 --parallel 16" in text
     assert f"--ctx-size {16 * llama_cpp.CTX_PER_SLOT}" in text and f"--alias {SERVED_NAME}" in text
-    assert "--lora a.gguf --lora b.gguf --lora-init-without-apply" in text
+    assert text.endswith("--lora-scaled a.gguf:0,b.gguf:0")  # at scale 0: a request naming none runs the base
+    assert "--lora-init-without-apply" not in text  # it keeps scale 1 for requests that name no adapter
     base = " ".join(llama_cpp.server_command(build, 9000, Path("m.gguf"), [], parallel=4))
     assert "--lora" not in base  # the base alone is measured with no adapter loaded
+
+
+def test_adapter_paths_with_separators_are_refused():
+    build = llama_cpp.Build("0.3.36", "abc", Path("/src"), Path("/bin"))
+    with pytest.raises(ValueError):
+        llama_cpp.server_command(build, 9000, Path("m.gguf"), [Path("/a:b/x.gguf")], parallel=1)
 
 
 def test_server_command_is_abbreviated_in_results():
     build = llama_cpp.Build("0.3.36", "abc", Path("/src"), Path("/bin"))
     cmd = llama_cpp.server_command(build, 9000, Path("m.gguf"), [Path(f"{i}.gguf") for i in range(100)], 16)
     short = abbreviate(cmd)
-    assert "--lora 0.gguf ... (100 --lora flags" in short and short.endswith("--lora-init-without-apply")
+    assert short.endswith("--lora-scaled 0.gguf:0,... (100 entries, DIR/NAME.gguf:0)")
 
 
 @pytest.mark.parametrize(("rslora", "alpha"), [(False, 16.0), (True, 16.0 * math.sqrt(64))])
@@ -237,12 +244,15 @@ def test_built_llama_bench_runs_and_parses():
 
 
 @needs_build
-def test_llama_server_applies_an_adapter_per_request(tmp_path):
+def test_llama_server_applies_an_adapter_per_request_and_none_to_the_base(tmp_path):
     from bench.peers import process
 
-    server = llama_cpp.start(process.free_port(), 1, tmp_path / "llama-server.log", kind="q4_1", parallel=2)
-    try:
-        result = validate.check(llama_cpp.greedy_outputs(server.url))
-    finally:
-        process.stop(server)
-    assert result["adapters_change_output"]
+    outputs = {}
+    for n in (0, 1):
+        server = llama_cpp.start(process.free_port(), n, tmp_path / f"llama-server-{n}.log", kind="q4_1", parallel=2)
+        try:
+            outputs[n] = llama_cpp.greedy_outputs(server.url, validate.MODELS if n else [SERVED_NAME])
+        finally:
+            process.stop(server)
+    assert validate.check(outputs[1])["adapters_change_output"]
+    assert outputs[1][SERVED_NAME] == outputs[0][SERVED_NAME]  # a loaded adapter leaves the base requests alone
