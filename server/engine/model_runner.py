@@ -6,13 +6,14 @@ import torch
 
 from kernels.lora_batch import LoRABatchInfo
 from server.adapters.manager import AdapterManager
+from server.adapters.types import AdapterError
 from server.engine.outputs import TokenLogprob
 from server.engine.sampler import SampleRow, sample
 from server.engine.scheduler import ScheduledChunk, SchedulerOutput
 from server.memory.device_pool import DevicePool
-from server.model.batch import AttentionBatch
+from server.model.batch import AttentionBatch, ForwardStep, LoRAStep
 from server.model.llama import LlamaForCausalLM
-from server.model.lora import LoRAStep, add_lora
+from server.model.lora import add_lora, base_weights
 
 
 @dataclass(slots=True)
@@ -35,7 +36,10 @@ class ModelRunner:
         self.model = model
         self.pool = pool
         self.adapters = adapters
-        self.lora = add_lora(model)
+        add_lora(model)
+        if adapters is not None:  # DoRA's page-in reads the base weights of this model
+            adapters.base_weight = base_weights(model)
+        self.last_lora: LoRAStep | None = None  # the latest step's adapter rows, for stats and tests
         self.kv_cache = pool.kv_cache()
         self.device = pool.pages.device
         self.block_size = pool.block_size
@@ -106,20 +110,28 @@ class ModelRunner:
         offsets = [self.adapters.offsets(a) for a, _ in slot_of]
         a = torch.stack([o[0] for o in offsets]).to(self.device)  # (slots, L, M)
         b = torch.stack([o[1] for o in offsets]).to(self.device)
-        return LoRAStep(info, a, b)
+        return LoRAStep(info, a, b, self.pool.pages.view(-1), self._scale_offsets(slot_of, a, mixed))
+
+    def _scale_offsets(self, slot_of: dict[tuple[int, float], int], a: torch.Tensor, mixed: bool,
+                       ) -> torch.Tensor | None:
+        """(slots, L, M) offsets of DoRA slots' scales, -1 for LoRA slots; None when the step has no DoRA."""
+        tables = [self.adapters.factor_offsets(adapter, "scale") for adapter, _ in slot_of]
+        if all(t is None for t in tables):
+            return None
+        if mixed:  # a rescale of (base + sum of deltas) has no per-entry meaning
+            dora = next(a for (a, _), t in zip(slot_of, tables, strict=True) if t is not None)
+            raise AdapterError(f"DoRA adapter {self.adapters.ref(dora).name!r} cannot be mixed with other adapters"
+                               f" in one row")
+        minus = torch.full_like(a[0], -1, device="cpu")  # (L, M)
+        return torch.stack([minus if t is None else t for t in tables]).to(self.device)  # (slots, L, M)
 
     @torch.inference_mode()
     def features(self, out: SchedulerOutput, keys: set[tuple[int, str]]) -> dict[tuple[int, str], torch.Tensor]:
         """A base-only forward of `out`; returns the inputs (T, in) of the (layer, module) projections in keys."""
         input_ids, positions, batch = self.build(out)
-        self.lora.pool_flat = self.pool.pages.view(-1)
-        self.lora.step = None
-        self.lora.capture = dict.fromkeys(keys)
-        try:
-            self.model.hidden_states(input_ids, positions, batch, self.kv_cache)
-            return {k: x for k, x in self.lora.capture.items() if x is not None}
-        finally:
-            self.lora.capture = None
+        step = ForwardStep(batch, capture=dict.fromkeys(keys))
+        self.model.hidden_states(input_ids, positions, step, self.kv_cache)
+        return {k: x for k, x in step.capture.items() if x is not None}
 
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> list[Sampled]:
@@ -127,11 +139,10 @@ class ModelRunner:
         out.prefills.sort(key=lambda c: c.seq.lora)
         out.decodes.sort(key=lambda c: c.seq.lora)
         input_ids, positions, batch = self.build(out)
-        # the model may be shared between engines: point its LoRA layers at this engine's pool and step
-        self.lora.pool_flat = self.pool.pages.view(-1)
-        self.lora.step = self.lora_step(out) if self.adapters is not None else None
+        # the model may be shared between engines: the step names this engine's pool
+        self.last_lora = self.lora_step(out) if self.adapters is not None else None
         sampling = [c for c in out.chunks if c.samples]
-        logits = self.model(input_ids, positions, batch, self.kv_cache)  # (S, V)
+        logits = self.model(input_ids, positions, ForwardStep(batch, self.last_lora), self.kv_cache)  # (S, V)
         if not sampling:
             return []
         rows = [SampleRow(c.seq.params, self.generators.get(c.seq.seq_id)) for c in sampling]

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.lora_batch import LoRABatchInfo
+
 
 @dataclass(slots=True)
 class AttentionBatch:
@@ -17,3 +19,26 @@ class AttentionBatch:
     decode_block_tables: torch.Tensor | None  # (D, max_blocks) int32
     decode_context_lens: torch.Tensor | None  # (D,) int32, cached tokens + this one
     logits_indices: torch.Tensor  # (S,) int64, packed positions whose next-token logits are sampled
+
+
+@dataclass(slots=True)
+class LoRAStep:
+    """The adapter rows of one step, shared by every wrapped projection."""
+
+    info: LoRABatchInfo  # row -> slot, segments, per-slot rank and scaling
+    a_offsets: torch.Tensor  # (num_slots, L, M) int64, pool offset of A per slot/layer/module; -1 = not targeted
+    b_offsets: torch.Tensor  # (num_slots, L, M) int64, pool offset of B
+    pool_flat: torch.Tensor  # (N,) the unified pool viewed flat, where the offsets point
+    # (num_slots, L, M) int64, pool offset of a DoRA slot's per-channel scale (out,); -1 = plain LoRA there;
+    # None when no slot of the step is DoRA (no rescale at all)
+    scale_offsets: torch.Tensor | None = None
+
+
+@dataclass(slots=True)
+class ForwardStep:
+    """All a forward needs besides the tokens, handed down layer by layer (no state on the model)."""
+
+    attention: AttentionBatch
+    lora: LoRAStep | None = None  # this step's adapter rows; None = every row runs the base model
+    # a routing pass: (layer, module name) -> that projection's input (T, in), filled in by the forward
+    capture: dict[tuple[int, str], torch.Tensor | None] | None = None

@@ -1,62 +1,75 @@
-"""LoRA added to a plain model by wrapping its projections: base(x) + scale * B(A x) for every row at once."""
+"""LoRA added to a plain model by wrapping its projections: base(x) + scale * B(A x) for every row at once.
 
-from dataclasses import dataclass
+DoRA rows (server/adapters/formats/dora.py) then get their per-channel scale m / ||W + s B A|| applied
+to base + LoRA (bias excluded, as PEFT), in the same call, next to plain LoRA and base rows.
+
+A wrapped projection reads the step it is given (server/model/batch.py ForwardStep): its adapter rows,
+and for a routing pass which inputs to keep. Nothing per step is stored on the model.
+"""
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from kernels import ops
-from kernels.lora_batch import LoRABatchInfo
 from server.adapters.types import MODULES
-
-
-@dataclass(slots=True)
-class LoRAStep:
-    """The adapter rows of one step, shared by every wrapped projection."""
-
-    info: LoRABatchInfo  # row -> slot, segments, per-slot rank and scaling
-    a_offsets: torch.Tensor  # (num_slots, L, M) int64, pool offset of A per slot/layer/module; -1 = not targeted
-    b_offsets: torch.Tensor  # (num_slots, L, M) int64, pool offset of B
-
-
-class LoRAContext:
-    """One per wrapped model, set by the runner before each forward: the pool and the step's adapter rows."""
-
-    def __init__(self):
-        self.pool_flat: torch.Tensor | None = None  # (N,) the unified pool viewed flat
-        self.step: LoRAStep | None = None  # None: no adapter rows this step
-        # set for a routing pass: (layer, module name) -> that projection's input (T, in), filled by the forward
-        self.capture: dict[tuple[int, str], torch.Tensor | None] | None = None
+from server.model.batch import ForwardStep
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base: nn.Linear, layer: int, module: int, ctx: LoRAContext):
+    reads_step = True  # the model hands it the ForwardStep (server/model/llama.py `project`)
+
+    def __init__(self, base: nn.Module, layer: int, module: int):
         super().__init__()
         self.base = base
         self.layer, self.module = layer, module
-        self.ctx = ctx
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (T, in) -> (T, out)
-        capture = self.ctx.capture
-        if capture is not None and (self.layer, MODULES[self.module]) in capture:
-            capture[self.layer, MODULES[self.module]] = x
+    def forward(self, x: torch.Tensor, step: ForwardStep | None = None) -> torch.Tensor:  # x (T, in) -> (T, out)
+        capture = step.capture if step is not None else None
+        if capture is not None and (key := (self.layer, MODULES[self.module])) in capture:
+            capture[key] = x
         out = self.base(x)
-        step = self.ctx.step
-        if step is not None:
-            a = step.a_offsets[:, self.layer, self.module]  # (num_slots,)
-            b = step.b_offsets[:, self.layer, self.module]
-            ops.lora_apply(x, out, self.ctx.pool_flat, a, b, step.info)
+        lora = step.lora if step is not None else None
+        if lora is not None:
+            a = lora.a_offsets[:, self.layer, self.module]  # (num_slots,)
+            b = lora.b_offsets[:, self.layer, self.module]
+            ops.lora_apply(x, out, lora.pool_flat, a, b, lora.info)
+            if lora.scale_offsets is not None:
+                self._dora_rescale(out, lora)
         return out
 
+    def _dora_rescale(self, out: torch.Tensor, lora) -> None:
+        bias = getattr(self.base, "bias", None)
+        if bias is not None:  # PEFT scales W x + s B A x, not the bias: take it out of every row, then back
+            out.sub_(bias)
+        ops.dora_rescale(out, lora.pool_flat, lora.scale_offsets[:, self.layer, self.module], lora.info)
+        if bias is not None:
+            out.add_(bias)
 
-def add_lora(model: nn.Module) -> LoRAContext:
+
+def _projection(model: nn.Module, layer: int, name: str) -> nn.Module:
+    block = model.model.layers[layer]
+    proj = getattr(block.self_attn if name in MODULES[:4] else block.mlp, name)
+    return proj.base if isinstance(proj, LoRALinear) else proj
+
+
+def base_weights(model: nn.Module) -> Callable[[int, str], torch.Tensor]:
+    """(layer, module name) -> that projection's base weight W (out, in), dense (GGUF blocks dequantized).
+
+    DoRA's page-in needs W for its norm ||W + s B A||; a reader, not a copy, so nothing is held twice."""
+
+    def weight(layer: int, name: str) -> torch.Tensor:
+        proj = _projection(model, layer, name)
+        return proj.dequantize() if hasattr(proj, "dequantize") else proj.weight.detach()
+
+    return weight
+
+
+def add_lora(model: nn.Module) -> None:
     """Wrap q/k/v/o/gate/up/down of every decoder layer (once); the base weights stay where they are."""
-    ctx = getattr(model, "lora_context", None)
-    if ctx is not None:
-        return ctx
-    ctx = model.lora_context = LoRAContext()
     for i, layer in enumerate(model.model.layers):
         for j, name in enumerate(MODULES):
             parent = layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) else layer.mlp
-            setattr(parent, name, LoRALinear(getattr(parent, name), i, j, ctx))
-    return ctx
+            if not isinstance(getattr(parent, name), LoRALinear):
+                setattr(parent, name, LoRALinear(getattr(parent, name), i, j))
