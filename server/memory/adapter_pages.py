@@ -1,6 +1,7 @@
 """Adapter weights in the unified pool: packing into pages, LRU residency, pins. No torch here.
 
-An adapter's tensors (A and B of each targeted module of each layer) are packed into whole pages
+An adapter's tensors (what its format pages in per targeted module of each layer: A and B, for DoRA
+also its per-channel scale) are packed into whole pages
 so that no tensor crosses a page boundary: every tensor is then one contiguous run of the pool,
 which kernels read through its offset. Adapters used by a running sequence are pinned and never
 evicted; idle ones are evicted least-recently-used when KV blocks or other adapters need pages.
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 from server.memory.page_pool import ADAPTER, PagePool
 
-TensorKey = tuple[int, str, str]  # (layer, module, "a" | "b")
+TensorKey = tuple[int, str, str]  # (layer, module, factor): "a", "b", or a format's own (DoRA's "scale")
 
 
 @dataclass(slots=True)
