@@ -38,6 +38,12 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, con
         from kernels.triton.paged_attention import paged_attention_prefill_fwd
 
         return paged_attention_prefill_fwd(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
+    from kernels.cpu import paged_attention as cpu_attention
+
+    if not _FORCE_TORCH and cpu_attention.available(q):
+        return cpu_attention.paged_attention_prefill(
+            q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale
+        )
     return torch_ops.paged_attention_prefill(q, k_cache, v_cache, block_tables, cu_seqlens_q, context_lens, scale)
 
 

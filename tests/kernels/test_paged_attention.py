@@ -173,6 +173,92 @@ def test_decode_cpu_rejects_bad_inputs(spoil):
         cpu_attention.paged_attention_decode(*spoil(args))
 
 
+# The CPU prefill sweep: SmolLM2's attention (9 heads over 3 kv heads) and a 1:1 one, head dim 64 on
+# 16-token pages, times chunk shapes [(context length, query chunk length)]; the kernel tiles 16 queries.
+CPU_PREFILL_CHUNKS = {
+    "whole-prompt": [(130, 130)],
+    "after-prefix": [(100, 36)],  # a page-aligned cached prefix, a chunk ending mid-page
+    "mid-page": [(75, 30), (21, 5)],  # prefixes and chunks both ending mid-page
+    "packed": [(37, 37), (5, 5), (150, 17), (33, 1), (16, 16)],
+    "one-token": [(1, 1), (17, 1), (64, 1)],
+}
+CPU_PREFILL_CASES = [
+    pytest.param((16, kvh, group, 64, seqs), id=f"{heads}-{name}")
+    for heads, kvh, group in [("gqa-9:3", 3, 3), ("mha-2:2", 2, 1)]
+    for name, seqs in CPU_PREFILL_CHUNKS.items()
+] + [
+    *(pytest.param(case, id=f"small-{i}") for i, case in enumerate(PREFILL_CASES)),  # odd head dims, 4-token pages
+    pytest.param((16, 1, 16, 64, [(40, 23)]), id="group-16"),  # the most query heads per kv head
+]
+
+
+def _with_threads(threads: int, fn, *args):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(saved)
+
+
+@needs_cc
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CPU_PREFILL_CASES)
+def test_prefill_cpu_matches_twin(case, dtype, threads):
+    args = _prefill_inputs(case, dtype)
+    out = _with_threads(threads, cpu_attention.paged_attention_prefill, *args)
+    assert out.shape == args[0].shape and out.dtype == dtype
+    torch.testing.assert_close(out, paged_attention_prefill(*args), **TOL[dtype])
+
+
+@needs_cc
+def test_prefill_dispatch_uses_cpu_kernel(monkeypatch):
+    calls = []
+    real = cpu_attention.paged_attention_prefill
+    monkeypatch.setattr(cpu_attention, "paged_attention_prefill", lambda *a: calls.append(1) or real(*a))
+    args = _prefill_inputs(PREFILL_CASES[1], torch.float32)
+    out = ops.paged_attention_prefill(*args)
+    torch.testing.assert_close(out, paged_attention_prefill(*args), **TOL[torch.float32])
+    assert calls == ([1] if DEVICE == "cpu" else [])
+
+
+def _replace(t: torch.Tensor, index, value) -> torch.Tensor:
+    t = t.clone()
+    t[index] = value
+    return t
+
+
+# On PREFILL_CASES[0]: block size 4, 2 kv heads of dim 16, contexts [1, 4, 9], tables 4 blocks wide.
+@needs_cc
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda a: (*a[:3], a[3].long(), *a[4:]),  # int64 block tables
+        lambda a: (a[0], a[1].float(), *a[2:]),  # caches of mixed dtypes
+        lambda a: (a[0][:, :, :8].contiguous(), *a[1:]),  # head dims disagree
+        lambda a: (a[0], *(t.transpose(1, 2).contiguous().transpose(1, 2) for t in a[1:3]), *a[3:]),  # kvh-major
+        lambda a: (a[0][:, :5].contiguous(), *a[1:]),  # 5 query heads over 2 kv heads
+        lambda a: (a[0].flatten(1), *a[1:]),  # q not (Tq, H, hd)
+        lambda a: (a[0].new_zeros(*a[0].shape[:2], 272), *(t.new_zeros(*t.shape[:3], 272) for t in a[1:3]), *a[3:]),
+        lambda a: (*a[:4], a[4][:-1], *a[5:]),  # cu_seqlens_q one short
+        lambda a: (*a[:4], _replace(a[4], -1, int(a[4][-1]) - 1), *a[5:]),  # cu_seqlens_q ends before Tq
+        lambda a: (*a[:5], _replace(a[5], 1, 3), a[6]),  # a 4-query chunk in a 3-token context
+        lambda a: (*a[:5], _replace(a[5], 2, 17), a[6]),  # context past the table's 16 tokens
+        lambda a: (*a[:5], _replace(a[5], 0, 5), a[6]),  # context onto the table's -1 padding
+        lambda a: (*a[:3], _replace(a[3], (2, 0), a[1].shape[0]), *a[4:]),  # a page past the pool
+    ],
+    ids=[
+        "table-int64", "cache-dtype", "head-dim", "cache-layout", "heads-not-grouped", "q-rank", "head-dim-272",
+        "cu-short", "cu-end", "chunk-past-context", "context-past-table", "page-missing", "page-past-pool",
+    ],
+)  # fmt: skip
+def test_prefill_cpu_rejects_bad_inputs(spoil):
+    args = _prefill_inputs(PREFILL_CASES[0], torch.bfloat16)
+    with pytest.raises(ValueError):
+        cpu_attention.paged_attention_prefill(*spoil(args))
+
+
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", PREFILL_CASES)
