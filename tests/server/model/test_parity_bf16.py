@@ -13,6 +13,7 @@ import torch
 from server.config import EngineConfig
 from server.engine.llm_engine import LLMEngine
 from server.engine.sampling_params import SamplingParams
+from server.model.batch import ForwardStep
 from server.model.loader import build_model
 from tests.conftest import MAX_POSITIONS
 from tests.server.model.prompts import PROMPTS
@@ -77,6 +78,6 @@ def _last_logits(engine: LLMEngine, ids: list[int]) -> torch.Tensor:
     engine.add_request(EngineRequest("logits", ids, SamplingParams(max_tokens=1)))
     out = engine.scheduler.schedule()
     input_ids, positions, batch = engine.runner.build(out)
-    logits = engine.runner.model(input_ids, positions, batch, engine.runner.kv_cache)[0].float()
+    logits = engine.runner.model(input_ids, positions, ForwardStep(batch), engine.runner.kv_cache)[0].float()
     engine.abort("logits")
     return logits
