@@ -136,6 +136,8 @@ class LLMEngine:
                 ref = self.adapters.resolve(name)
             except KeyError:
                 raise UnknownAdapter(f"The model `{name}` does not exist.") from None
+            if len(names) > 1 and ref.format == "dora":  # a rescale of summed deltas has no PEFT meaning
+                raise ValueError(f"DoRA adapter {name!r} cannot be part of a mixture")
             need += pack(self.adapters.sizes(ref), self.pool.page_elems)[0]
         if need > self.pool.book.num_pages:
             raise ValueError(f"prompt + max_tokens (+ adapter) need {need} pool pages; the pool has "

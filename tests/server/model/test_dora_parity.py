@@ -112,3 +112,12 @@ def test_dora_lora_and_base_rows_in_one_batch_match_peft(engine, cases):
     assert most == len(DORA) + 2  # every DoRA adapter, the LoRA one and the base in one forward
     for i, (_, adapter, ref) in enumerate(cases):
         assert got[f"m{i}"] == ref, adapter
+
+
+def test_a_mixture_with_a_dora_adapter_is_refused_at_admission(engine):
+    from server.engine.llm_engine import EngineRequest
+    from server.engine.sampling_params import SamplingParams
+
+    req = EngineRequest("mix", [1, 2, 3], SamplingParams(max_tokens=1), mixture=((LORA, 0.5), ("dora_qv8", 0.5)))
+    with pytest.raises(ValueError, match="DoRA adapter .dora_qv8. cannot be part of a mixture"):
+        engine.check_request(req)
