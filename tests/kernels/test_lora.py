@@ -30,7 +30,10 @@ except ImportError as e:
 needs_triton = triton_skip(_TRITON_ERROR)
 needs_cc = pytest.mark.skipif(not cpu_lora.available(torch.zeros(1)), reason="no C compiler: the CPU kernel is off")
 
-TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
+# bf16: on hosts with native bf16 GEMMs (AVX512-BF16, AMX) the twin multiplies in bf16 and rounds the
+# shrink's output before the expand; with scalings up to 4 one element in thousands lands ~10 bf16 ulps
+# from the fp32 reference (seen: 0.074 on a value of 1.3)
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=8e-2, rtol=8e-2)}
 DTYPES = [torch.float32, torch.bfloat16]
 SIZES = [(64, 64), (64, 192), (160, 64)]  # (in, out)
 RANKS = ["1", "8", "16", "64", "mixed"]
