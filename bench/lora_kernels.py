@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from kernels.lora_batch import LoRABatchInfo
 from kernels.lora_reference import lora_reference
-from kernels.torch.lora import _compute_dtype, lora_apply, lora_expand, lora_shrink
+from kernels.torch.lora import compute_dtype, lora_apply, lora_expand, lora_shrink
 
 SHAPES = [(576, 576), (576, 1536), (1536, 576)]  # (in, out): q/o, gate/up, down
 RANKS = [8, 16, 32, 64]
@@ -59,7 +59,7 @@ def two_pass_apply(x, out, pool, a_offsets, b_offsets, info: LoRABatchInfo) -> N
 def bucketed_apply(x, out, pool, a_offsets, b_offsets, info: LoRABatchInfo) -> None:
     """The alternative: rows bucketed by rank, each row's factors gathered, one bmm pair per bucket."""
     d_in, d_out = x.shape[1], out.shape[1]
-    cdt = _compute_dtype(x.dtype)
+    cdt = compute_dtype(x.dtype)
     rows = (info.row_slots >= 0).nonzero()[:, 0]  # (n,)
     slots = info.row_slots[rows].long()  # (n,)
     row_ranks = info.ranks[slots]  # (n,)

@@ -9,9 +9,9 @@ twin before it is timed. GFLOP/s counts the causal work only (QK and PV over the
 """
 
 import argparse
-import time
 
 import torch
+from lora_kernels import timeit  # bench/ is sys.path[0] when run by path
 
 from kernels.cpu import paged_attention as cpu_attention
 from kernels.torch import paged_attention_prefill as twin
@@ -51,25 +51,6 @@ def make_inputs(seqs: list[tuple[int, int]], dtype: torch.dtype, gen: torch.Gene
 def causal_flop(seqs: list[tuple[int, int]]) -> int:
     keys = sum(sum(range(c - n + 1, c + 1)) for c, n in seqs)  # keys each query sees, summed
     return 4 * H * HD * keys  # QK and PV, a multiply-add each
-
-
-def timeit(fn, min_time: float = 0.2, reps: int = 5) -> float:
-    """Best of `reps` runs of a loop lasting at least min_time: robust to a shared, noisy host."""
-    fn()
-    n, t = 1, 0.0
-    while t < min_time / reps:
-        n *= 2
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t = time.perf_counter() - t0
-    best = t / n
-    for _ in range(reps - 1):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n)
-    return best
 
 
 def main() -> None:
