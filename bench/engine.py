@@ -95,12 +95,14 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--llama-cpp", action="store_true", help="instead: loraplex beside llama.cpp on the same "
                     "weights (bench/engine_vs_llama_cpp.py), one request and 16/64 in flight")
-    ap.add_argument("--weights", default="fp32,gguf", help="with --llama-cpp: weights modes to measure")
+    ap.add_argument("--weights", default=None, help="weights mode(s): one of auto|fp32|gguf (default auto); with "
+                    "--llama-cpp a comma list to measure (default fp32,gguf)")
     ap.add_argument("--threads", type=int, default=2, help="with --llama-cpp: threads for both engines")
     args = ap.parse_args()
     if args.llama_cpp:
         from bench.engine_vs_llama_cpp import compare
 
+        args.weights = args.weights or "fp32,gguf"
         report = compare(args.weights.split(","), args.threads)
         report["command"] = (f"python -m bench.engine --llama-cpp --weights {args.weights} --threads {args.threads}"
                              + (f" --out {args.out}" if args.out else ""))
@@ -112,7 +114,7 @@ def main() -> None:
 
     engine = LLMEngine.from_config(
         EngineConfig(dtype=dtype, pool_mb=1024, max_num_seqs=args.num_prompts, max_batch_tokens=args.max_batch_tokens,
-                     max_model_len=args.prompt_len + args.new_tokens + 16)
+                     max_model_len=args.prompt_len + args.new_tokens + 16, weights=args.weights or "auto")
     )
     from transformers import AutoModelForCausalLM
 
