@@ -6,7 +6,7 @@ Outputs are checked before timing: greedy loraplex equals PEFT on the requests b
 two ways: its mixed-adapter batches (adapter_names=, the strongest it offers) and one adapter active
 at a time with that adapter's requests batched (set_adapter; the baseline S-LoRA measured).
 
-    python bench/adapters.py --out bench/results/adapters.json --plot bench/results/adapters.png
+    python -m bench.adapters --out bench/results/adapters.json --plot bench/results/adapters.png
 """
 
 import argparse
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.adapters.synthetic import generate
+from bench.adapter_tools.synthetic import generate
 from server.config import EngineConfig, resolve_dtype
 from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.sampling_params import SamplingParams
@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--targets", default="q_proj,v_proj", help="modules the synthetic adapters touch")
     ap.add_argument("--peft-n", type=int, default=100, help="n at which HF PEFT serves the same requests (0: skip)")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--weights", default="auto", help="auto|fp32|gguf (server/config.py EngineConfig.weights)")
     ap.add_argument("--pool-mb", type=int, default=4096)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2, help="rounds over every configuration; each keeps its best")
@@ -145,7 +146,8 @@ def main() -> None:
     prange = tuple(int(x) for x in args.prompt_range.split(","))
     orange = tuple(int(x) for x in args.output_range.split(","))
 
-    engine = LLMEngine.from_config(EngineConfig(dtype=dtype, pool_mb=args.pool_mb, max_num_seqs=64, max_model_len=512))
+    engine = LLMEngine.from_config(EngineConfig(dtype=dtype, pool_mb=args.pool_mb, max_num_seqs=64, max_model_len=512,
+                                                 weights=args.weights))
     cfg = engine.checkpoint.config
     root = Path(args.adapter_dir or tempfile.mkdtemp(prefix="loraplex-bench-"))
     t0 = time.perf_counter()
@@ -205,7 +207,7 @@ def main() -> None:
         results["ratio_vs_peft"] = ours / runs[f"peft n={args.peft_n}"]["tokens_per_s"]
         results["ratio_vs_peft_switching"] = ours / runs[f"peft-switching n={args.peft_n}"]["tokens_per_s"]
         results["ratio_no_lora_vs_peft"] = base / runs[f"peft n={args.peft_n}"]["tokens_per_s"]
-    results["command"] = "python bench/adapters.py " + " ".join(
+    results["command"] = "python -m bench.adapters " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and k not in ("out", "plot"))
     results["dtype"] = dtype
     print(json.dumps({k: v for k, v in results.items() if k.startswith("ratio")}, indent=1))

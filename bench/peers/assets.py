@@ -4,7 +4,7 @@
 
 The base model is our default (the embedded SmolLM2-135M-Instruct GGUF, dequantised and cached by
 server/model/loader.py), re-saved as a bf16 HF directory for vLLM; loraplex and the PEFT server load
-the fp32 cache itself. Adapters come from server/adapters/synthetic.py with a fixed seed.
+the fp32 cache itself. Adapters come from bench/adapter_tools/synthetic.py with a fixed seed.
 """
 
 import argparse
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from server.adapters.synthetic import SyntheticSpec, generate, make_bank, random_factors, write_config
+from bench.adapter_tools.synthetic import SyntheticSpec, generate, make_bank, random_factors, write_config
 from server.config import default_cache_dir
 from server.model.loader import load_weights, resolve_checkpoint
 

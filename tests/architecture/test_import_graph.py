@@ -99,3 +99,31 @@ def test_the_engine_is_reached_through_its_facade_only(folder):
     bad = [f"{p.relative_to(REPO)}:{i}: {line.strip()}" for p in sorted((REPO / folder).rglob("*.py"))
            for i, line in enumerate(p.read_text().splitlines(), 1) if INTERNALS.search(line)]
     assert bad == []
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+    return names
+
+
+TOOLS = ("bench", "peft", "tests")  # benchmarks, trainers and their deps stay out of the installed package
+TRAINING = re.compile(r"\b(optim\.\w+|\.backward\(\)|get_peft_model|LoraConfig|lr_scheduler)\b")
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_installed_packages_import_no_tools(package):
+    bad = sorted(f"{p.relative_to(REPO)} -> {name}" for p in (REPO / package).rglob("*.py") for name in _imports(p)
+                 if any(name == t or name.startswith(t + ".") for t in TOOLS))
+    assert bad == []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_installed_packages_hold_no_training_code(package):
+    bad = [f"{p.relative_to(REPO)}:{i}" for p in sorted((REPO / package).rglob("*.py"))
+           for i, line in enumerate(p.read_text().splitlines(), 1) if TRAINING.search(line)]
+    assert bad == []

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from server.adapters.synthetic import generate
+from bench.adapter_tools.synthetic import generate
 from tests.reliability.load import run_load
 from tests.server.api.harness import MODEL, start_server, stop_server, wait_until
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.adapters.synthetic import SyntheticSpec, make_bank, write_adapter
+from bench.adapter_tools.synthetic import SyntheticSpec, make_bank, write_adapter
 
 TINY = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)

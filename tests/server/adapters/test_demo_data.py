@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from server.adapters.demo.tasks import TASKS
-from server.adapters.demo.train import stream, unique_examples
+from bench.adapter_tools.demo_tasks import TASKS
+from bench.adapter_tools.train_demo import stream, unique_examples
 
 DEMO = Path(__file__).parents[3] / "server" / "adapters" / "demo"
 
@@ -20,7 +20,7 @@ def test_training_stream_skips_held_out_prompts(task):
 
 def test_shipped_eval_set_and_examples_are_disjoint():
     if not (DEMO / "eval.jsonl").is_file():
-        pytest.skip("no demo adapters (python -m server.adapters.demo.train)")
+        pytest.skip("no demo adapters (python -m bench.adapter_tools.train_demo)")
     rows = [json.loads(line) for line in (DEMO / "eval.jsonl").read_text().splitlines()]
     assert {r["task"] for r in rows} == {t.name for t in TASKS}
     held_out = {r["prompt"] for r in rows}

@@ -51,7 +51,7 @@ def test_synthetic_adapters_load_in_peft(tiny_config, make_adapter, modules, lay
 @pytest.fixture(scope="module")
 def demo_refs(checkpoint):
     if not DEMO.is_dir():
-        pytest.skip("no demo adapters (python -m server.adapters.demo.train)")
+        pytest.skip("no demo adapters (python -m bench.adapter_tools.train_demo)")
     return AdapterRegistry(checkpoint.config).register_dir(DEMO)
 
 

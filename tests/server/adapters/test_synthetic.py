@@ -6,7 +6,7 @@ import torch
 from safetensors import safe_open
 
 from server.adapters.registry import AdapterRegistry
-from server.adapters.synthetic import TARGET_SETS, generate, main
+from bench.adapter_tools.synthetic import TARGET_SETS, generate, main
 
 
 def test_generate_mixed(tiny_config, tmp_path):

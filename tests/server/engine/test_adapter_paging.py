@@ -2,7 +2,7 @@
 
 import torch
 
-from server.adapters.synthetic import generate
+from bench.adapter_tools.synthetic import generate
 from server.engine.llm_engine import EngineRequest
 from server.engine.sampling_params import SamplingParams
 

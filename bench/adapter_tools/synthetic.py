@@ -1,6 +1,6 @@
 """N random PEFT LoRA adapters (mixed ranks and target sets) for scale tests and benchmarks.
 
-    python -m server.adapters.synthetic OUT_DIR --n 1000 --seed 0 --ranks 8,16,32,64 --targets mixed
+    python -m bench.adapter_tools.synthetic OUT_DIR --n 1000 --seed 0 --ranks 8,16,32,64 --targets mixed
 
 Tensors are slices of one shared random bank at per-adapter random offsets, so N=1000 costs disk
 bandwidth, not random-number generation; every adapter still differs and B is non-zero.

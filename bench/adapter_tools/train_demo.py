@@ -1,6 +1,6 @@
 """Train the demo LoRA adapters on the default base (PEFT, CPU, fixed seeds, generated data) and score them.
 
-    python -m server.adapters.demo.train --out server/adapters/demo/adapters
+    python -m bench.adapter_tools.train_demo --out server/adapters/demo/adapters --threads 1
 
 Writes <out>/<task>/{adapter_config.json, adapter_model.safetensors, loraplex.json}, the held-out set
 eval.jsonl (its own seed; rejected from training and from the examples), then evaluates every adapter
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from server.adapters.demo.tasks import TASKS, Example, Task
+from bench.adapter_tools.demo_tasks import TASKS, Example, Task
 
-HERE = Path(__file__).parent
+DEMO = Path(__file__).resolve().parents[2] / "server" / "adapters" / "demo"  # the weights ship with the server
 BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BATCH = 8
 EVAL_BATCH = 25
@@ -112,8 +112,8 @@ def accuracy(outputs: list[str], answers: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=HERE / "adapters")
-    p.add_argument("--eval-out", type=Path, default=HERE / "eval.jsonl")
+    p.add_argument("--out", type=Path, default=DEMO / "adapters")
+    p.add_argument("--eval-out", type=Path, default=DEMO / "eval.jsonl")
     p.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated subset")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-n", type=int, default=50, help="held-out prompts per task")
