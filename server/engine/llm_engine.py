@@ -40,6 +40,7 @@ class EngineRequest:
     params: SamplingParams
     adapter: str | None = None  # None = the base model
     mixture: tuple[tuple[str, float], ...] = ()  # instead of `adapter`: the weighted sum of these adapters' deltas
+    grammar: object | None = None  # a compiled structured.Grammar: each sequence gets its own matcher
 
     def lora(self) -> tuple[tuple[str, float], ...]:
         """(adapter name, weight) pairs; () = the base model."""
@@ -156,6 +157,7 @@ class LLMEngine:
             seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, tuple(lora))
             if req.params.seed is not None:
                 self.runner.generators[seq.seq_id] = torch.Generator().manual_seed(req.params.seed + i)
+            seq.grammar = req.grammar.matcher() if req.grammar is not None else None
             self.outputs.add(seq)
             self.scheduler.add(seq)
             seqs.append(seq)
@@ -223,6 +225,8 @@ class LLMEngine:
             seq = s.chunk.seq
             self._fault("output")
             reason = self.outputs.append(seq, s.token_id, s.logprob)
+            if seq.grammar is not None:  # a complete grammar ends the sequence
+                reason = seq.grammar.advance(s.token_id) or reason
             if reason:
                 self.scheduler.finish(seq, reason)
             self._built.append(self.outputs.delta(seq, reason))

@@ -14,6 +14,7 @@ from server.memory.device_pool import DevicePool
 from server.model.batch import AttentionBatch, ForwardStep, LoRAStep
 from server.model.llama import LlamaForCausalLM
 from server.model.lora import add_lora, base_weights
+from server.structured.masks import apply_masks, start_masks
 
 
 @dataclass(slots=True)
@@ -142,9 +143,10 @@ class ModelRunner:
         # the model may be shared between engines: the step names this engine's pool
         self.last_lora = self.lora_step(out) if self.adapters is not None else None
         sampling = [c for c in out.chunks if c.samples]
+        masks = start_masks([c.seq.grammar for c in sampling])  # filled while the forward runs
         logits = self.model(input_ids, positions, ForwardStep(batch, self.last_lora), self.kv_cache)  # (S, V)
         if not sampling:
             return []
         rows = [SampleRow(c.seq.params, self.generators.get(c.seq.seq_id)) for c in sampling]
-        tokens, logprobs = sample(logits.float().cpu(), rows, self.default_generator)
+        tokens, logprobs = sample(apply_masks(logits.float().cpu(), masks), rows, self.default_generator)
         return [Sampled(c, t, lp) for c, t, lp in zip(sampling, tokens, logprobs, strict=True)]

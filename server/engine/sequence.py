@@ -31,6 +31,7 @@ class Sequence:
     num_preemptions: int = 0
     finish_reason: str | None = None
     first_scheduled: float | None = None  # monotonic seconds of its first scheduled chunk
+    grammar: object | None = None  # its place in a structured-output grammar (server/structured), or None
 
     @property
     def adapter_ids(self) -> tuple[int, ...]:
