@@ -51,6 +51,7 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
             settings.max_seqs_per_request, settings.max_stop, settings.max_stop_chars, settings.max_logprob_entries,
         ),
         routers=routers,
+        grammars=engine.grammar_compiler(),
     )
 
     @asynccontextmanager

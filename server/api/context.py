@@ -9,6 +9,7 @@ from server.api.routing import Routers
 from server.api.settings import ServerSettings
 from server.api.state import ServerState
 from server.engine.async_engine import AsyncEngine
+from server.structured import GrammarCompiler
 
 
 @dataclass(slots=True)
@@ -20,3 +21,4 @@ class ServerContext:
     models: ModelResolver
     limits: Limits
     routers: Routers
+    grammars: GrammarCompiler  # structured outputs and tool calls: compiled grammars, cached

@@ -6,6 +6,7 @@ from transformers import PreTrainedTokenizerBase
 
 from server.api.errors import BadRequest
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from server.api.tool_format import chat_template_inputs
 from server.engine.llm_engine import EngineRequest
 from server.engine.sampling_params import SamplingParams
 
@@ -84,12 +85,6 @@ def chat_request(
     adapter: str | None,
 ) -> EngineRequest:
     _refuse_unsupported(body)
-    if body.tools:
-        raise BadRequest("tools are not supported", param="tools")
-    if body.tool_choice not in (None, "none"):
-        raise BadRequest("tool_choice is not supported", param="tool_choice")
-    if body.response_format and body.response_format.get("type", "text") != "text":
-        raise BadRequest("only response_format {'type': 'text'} is supported", param="response_format")
     if body.top_logprobs is not None and not body.logprobs:
         raise BadRequest("top_logprobs needs logprobs: true", param="top_logprobs")
     check_shape(body, 1, limits)
@@ -103,9 +98,9 @@ def chat_request(
 
 
 def chat_prompt_ids(body: ChatCompletionRequest, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    messages, extra = chat_template_inputs(body, tokenizer)  # tools rendered (server/api/tool_format.py)
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
     except Exception as e:  # the template is the model's code run on the client's messages: its errors are theirs
         raise BadRequest(f"the chat template refused these messages: {e}", param="messages") from e
     return tokenizer(text, add_special_tokens=False)["input_ids"]

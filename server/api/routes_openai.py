@@ -5,6 +5,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from functools import partial
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -15,6 +16,7 @@ from server.api.context import ServerContext
 from server.api.errors import APIError, BadRequest, InternalError, NotFound, ServiceUnavailable, error_body
 from server.api.generation import ClientGone, Generation, unless_disconnected
 from server.api.inputs import chat_request, completion_requests
+from server.api.output_constraints import attach_grammar
 from server.api.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -27,6 +29,8 @@ from server.api.protocol import (
 from server.api.render import ChatRenderer, ChoiceState, CompletionRenderer
 from server.api.request_stats import RequestStats
 from server.api.sse import DONE, SSEResponse, sse
+from server.api.tool_format import tool_choice_of
+from server.api.tool_render import ToolChatRenderer
 from server.engine.async_engine import EngineBusy, EngineDead
 from server.engine.llm_engine import EngineRequest, UnknownAdapter
 
@@ -64,6 +68,7 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
         adapter, router_name = ctx.models.resolve(body.model)
         rid = f"cmpl-{uuid.uuid4().hex}"
         reqs = completion_requests(body, tokenizer, ctx.limits, rid, adapter)
+        await attach_grammar(ctx.grammars, body, reqs)
         renderer = CompletionRenderer(
             rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs is not None
         )
@@ -76,7 +81,10 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
         adapter, router_name = ctx.models.resolve(body.model)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         req = chat_request(body, tokenizer, ctx.limits, rid, adapter)
-        renderer = ChatRenderer(rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs)
+        tools = tool_choice_of(body)
+        await attach_grammar(ctx.grammars, body, [req], tools)
+        chat_renderer = ChatRenderer if tools is None else partial(ToolChatRenderer, tools)
+        renderer = chat_renderer(rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs)
         users = [m for m in body.messages if m.role == "user"]  # routed on the last user message, not the template
         route = (router_name, lambda: _text_of(users[-1].content) if users else "")
         return await _serve(ctx, request, [req], renderer, body.stream, route if router_name else None)

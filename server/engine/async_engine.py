@@ -25,6 +25,7 @@ from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.outputs import SequenceDelta
 from server.memory.adapter_pages import ResidencyStats
 from server.memory.page_pool import PoolStats
+from server.structured import GrammarCompiler
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,11 @@ class AsyncEngine:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    def grammar_compiler(self) -> GrammarCompiler:
+        """Structured-output grammars for this model's tokenizer, logits width and end-of-sequence ids."""
+        e = self.engine
+        return GrammarCompiler(e.tokenizer, e.checkpoint.config.vocab_size, e.outputs.eos_ids)
 
     @property
     def model_name(self) -> str:

@@ -1,4 +1,4 @@
-"""GrammarSpec -> Grammar, with xgrammar, for one tokenizer; a bounded LRU of compiled grammars."""
+"""GrammarSpec -> Grammar, with xgrammar, for one tokenizer; a bounded LRU of compiled grammars keyed by spec."""
 
 import json
 import re

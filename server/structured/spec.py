@@ -10,11 +10,11 @@ Kind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
 @dataclass(frozen=True, slots=True)
 class GrammarSpec:
     kind: Kind
-    text: str  # json_schema: canonical schema JSON; regex; grammar: EBNF; choice: JSON list; json_object: ""
+    text: str  # json_schema: compact schema JSON (key order kept: it is the output's order); regex; EBNF; ...
 
     @classmethod
     def json_schema(cls, schema: dict[str, Any]) -> "GrammarSpec":
-        return cls("json_schema", json.dumps(schema, sort_keys=True, separators=(",", ":")))
+        return cls("json_schema", json.dumps(schema, separators=(",", ":")))
 
     @classmethod
     def choice(cls, choices: list[str]) -> "GrammarSpec":
