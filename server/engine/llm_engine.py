@@ -83,7 +83,7 @@ class LLMEngine:
             BlockManager(self.pool.book, config.block_size),
             self.adapters,
         )
-        self.runner = ModelRunner(model, self.pool, self.adapters)
+        self.runner = ModelRunner(model, self.pool, self.adapters, eos_ids=_eos_ids(checkpoint))
         self.outputs = OutputProcessor(self.tokenizer, _eos_ids(checkpoint), self.max_model_len)
         self._seq_ids = itertools.count()
         self._requests: dict[str, list[Sequence]] = {}
@@ -120,6 +120,7 @@ class LLMEngine:
         vocab = self.checkpoint.config.vocab_size
         if min(req.prompt_ids) < 0 or max(req.prompt_ids) >= vocab:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        req.params.check_vocab(vocab)
         if n >= self.max_model_len:
             raise ValueError(f"the prompt has {n} tokens; this model's context is {self.max_model_len}")
         if req.mixture and req.adapter is not None:
@@ -176,6 +177,7 @@ class LLMEngine:
     def _forget(self, seq: Sequence) -> None:
         self.outputs.drop(seq)
         self.runner.generators.pop(seq.seq_id, None)
+        self.runner.partial_prompt_logprobs.pop(seq.seq_id, None)
         for aid in seq.adapter_ids:
             self.adapters.unhold(aid)
 
@@ -224,7 +226,7 @@ class LLMEngine:
         for s in sampled:
             seq = s.chunk.seq
             self._fault("output")
-            reason = self.outputs.append(seq, s.token_id, s.logprob)
+            reason = self.outputs.append(seq, s.token_id, s.logprob, s.prompt_logprobs)
             if seq.grammar is not None:  # a complete grammar ends the sequence
                 reason = seq.grammar.advance(s.token_id) or reason
             if reason:

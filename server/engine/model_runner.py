@@ -1,5 +1,6 @@
 """Turns a SchedulerOutput into tensors, runs the model once, samples the rows that end a sequence."""
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,7 @@ from kernels.lora_batch import LoRABatchInfo
 from server.adapters.manager import AdapterManager
 from server.adapters.types import AdapterError
 from server.engine.outputs import TokenLogprob
+from server.engine.prompt_logprobs import prompt_logprobs
 from server.engine.sampler import SampleRow, sample
 from server.engine.scheduler import ScheduledChunk, SchedulerOutput
 from server.memory.device_pool import DevicePool
@@ -22,6 +24,7 @@ class Sampled:
     chunk: ScheduledChunk
     token_id: int
     logprob: TokenLogprob | None
+    prompt_logprobs: list[TokenLogprob] | None = None  # prompt tokens 1.. (with the sequence's first token)
 
 
 def _tables(chunks: list[ScheduledChunk], device) -> torch.Tensor:
@@ -32,7 +35,8 @@ def _tables(chunks: list[ScheduledChunk], device) -> torch.Tensor:
 
 class ModelRunner:
     def __init__(
-        self, model: LlamaForCausalLM, pool: DevicePool, adapters: AdapterManager | None = None, seed: int = 0
+        self, model: LlamaForCausalLM, pool: DevicePool, adapters: AdapterManager | None = None, seed: int = 0,
+        eos_ids: Collection[int] = (),
     ):
         self.model = model
         self.pool = pool
@@ -46,6 +50,8 @@ class ModelRunner:
         self.block_size = pool.block_size
         self.generators: dict[int, torch.Generator] = {}  # seq_id -> generator, for seeded sequences
         self.default_generator = torch.Generator().manual_seed(seed)
+        self.eos_ids = frozenset(eos_ids)  # masked while a sequence is short of min_tokens
+        self.partial_prompt_logprobs: dict[int, list[TokenLogprob]] = {}  # seq_id -> scored so far, until it samples
 
     def build(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionBatch]:
         bs, dev = self.block_size, self.device
@@ -144,9 +150,28 @@ class ModelRunner:
         self.last_lora = self.lora_step(out) if self.adapters is not None else None
         sampling = [c for c in out.chunks if c.samples]
         masks = start_masks([c.seq.grammar for c in sampling])  # filled while the forward runs
-        logits = self.model(input_ids, positions, ForwardStep(batch, self.last_lora), self.kv_cache)  # (S, V)
+        hidden = self.model.hidden_states(input_ids, positions, ForwardStep(batch, self.last_lora), self.kv_cache)
+        self._score_prompts(out, hidden)
         if not sampling:
             return []
-        rows = [SampleRow(c.seq.params, self.generators.get(c.seq.seq_id)) for c in sampling]
-        tokens, logprobs = sample(apply_masks(logits.float().cpu(), masks), rows, self.default_generator)
-        return [Sampled(c, t, lp) for c, t, lp in zip(sampling, tokens, logprobs, strict=True)]
+        logits = self.model.logits(hidden[batch.logits_indices])  # (S, V)
+        rows = [SampleRow(c.seq.params, self.generators.get(c.seq.seq_id), c.seq.prompt_ids, c.seq.output_ids)
+                for c in sampling]
+        tokens, logprobs = sample(apply_masks(logits.float().cpu(), masks), rows, self.default_generator, self.eos_ids)
+        return [
+            Sampled(c, t, lp, self.partial_prompt_logprobs.pop(c.seq.seq_id, None) if not c.seq.output_ids else None)
+            for c, t, lp in zip(sampling, tokens, logprobs, strict=True)
+        ]
+
+    def _score_prompts(self, out: SchedulerOutput, hidden: torch.Tensor) -> None:
+        """Prompt logprobs of the prefill chunks that ask for them; a recomputed position is not scored twice."""
+        row = 0
+        for chunk in out.chunks:  # packed in this order (build); a 1-token prompt chunk sits among the decodes
+            seq, k = chunk.seq, chunk.seq.params.prompt_logprobs
+            if k is not None and not seq.output_ids:
+                done = self.partial_prompt_logprobs.setdefault(seq.seq_id, [])
+                lo, hi = max(chunk.start, len(done)), min(chunk.start + chunk.num_tokens, len(seq.prompt_ids) - 1)
+                if lo < hi:
+                    targets = seq.prompt_ids[lo + 1 : hi + 1]
+                    done += prompt_logprobs(hidden, self.model.logits, row + lo - chunk.start, targets, k)
+            row += chunk.num_tokens

@@ -16,6 +16,7 @@ class _SeqText:
     sent: int = 0  # characters already handed out
     tokens_sent: int = 0
     logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet handed out
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # not yet handed out
 
 
 class OutputProcessor:
@@ -35,18 +36,21 @@ class OutputProcessor:
     def drop(self, seq: Sequence) -> None:
         self._texts.pop(seq.seq_id, None)
 
-    def append(self, seq: Sequence, token_id: int, logprob: TokenLogprob | None) -> str | None:
+    def append(self, seq: Sequence, token_id: int, logprob: TokenLogprob | None,
+               prompt_logprobs: list[TokenLogprob] | None = None) -> str | None:
         """Record a sampled token on seq; return a finish reason if it ends the sequence."""
         p = seq.params
         st = self._texts[seq.seq_id]
         seq.output_ids.append(token_id)
         if logprob is not None:
             st.logprobs.append(logprob)
+        if prompt_logprobs is not None and p.prompt_logprobs is not None:
+            st.prompt_logprobs = [None, *prompt_logprobs]
         if token_id in p.stop_token_ids or (not p.ignore_eos and token_id in self.eos_ids):
             return "stop"
         prev = len(st.text)
         st.text += st.detok.add(token_id)
-        if p.stop:
+        if p.stop and len(seq.output_ids) > p.min_tokens:  # as vLLM: no stop string before min_tokens
             lo = max(0, prev - max(map(len, p.stop)) + 1)
             hits = [i for i in (st.text.find(s, lo) for s in p.stop) if i >= 0]
             if hits:
@@ -68,6 +72,7 @@ class OutputProcessor:
         new_ids = seq.output_ids[st.tokens_sent :]
         st.tokens_sent = len(seq.output_ids)
         logprobs, st.logprobs = (st.logprobs or None), []
+        prompt_logprobs, st.prompt_logprobs = st.prompt_logprobs, None
         return SequenceDelta(
             request_id=seq.request_id,
             index=seq.index,
@@ -80,4 +85,5 @@ class OutputProcessor:
             error=error,
             error_code=error_code,
             queue_s=None if seq.first_scheduled is None else seq.first_scheduled - seq.arrival,
+            prompt_logprobs=prompt_logprobs,
         )

@@ -25,3 +25,5 @@ class SequenceDelta:
     error: str | None = None  # set with finish_reason == "error"
     error_code: str | None = None  # "adapter_load_failed" (the request's adapter is broken) | "internal_error"
     queue_s: float | None = None  # seconds from arrival to its first scheduled chunk (None: not yet)
+    # with the first delta, when asked for: one per prompt token, None for the first (nothing predicts it)
+    prompt_logprobs: list[TokenLogprob | None] | None = None

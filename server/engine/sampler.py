@@ -1,9 +1,18 @@
-"""Next-token choice for a batch of rows, each with its own parameters and, if seeded, its own generator."""
+"""Next-token choice for a batch of rows, each with its own parameters and, if seeded, its own generator.
 
+One pass over (S, V) per transform, each transform only over the rows that use it. Order as vLLM:
+min_tokens mask and logit_bias, penalties, then greedy argmax or temperature -> min_p -> top-k/top-p
+-> a draw. Each row draws one uniform number per step from its own generator (or the engine's), so a
+seeded row's tokens do not depend on which rows share its batch. Logprobs are the model's own
+distribution (before any transform), as vLLM reports them by default.
+"""
+
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from server.engine import logits_processors as lp
 from server.engine.outputs import TokenLogprob
 from server.engine.sampling_params import SamplingParams
 
@@ -12,46 +21,124 @@ from server.engine.sampling_params import SamplingParams
 class SampleRow:
     params: SamplingParams
     generator: torch.Generator | None  # the sequence's own, when seeded
+    prompt_ids: Sequence[int] = ()  # read by repetition_penalty
+    output_ids: Sequence[int] = ()  # read by the penalties and min_tokens
 
 
-def _filter(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
-    """logits (V,) -> logits with everything outside top-k / top-p set to -inf."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+def _column(rows: list[SampleRow], idx: list[int], get) -> torch.Tensor:
+    return torch.tensor([float(get(rows[i].params)) for i in idx], dtype=torch.float32)  # (R,)
+
+
+def _rows_where(rows: list[SampleRow], pred) -> list[int]:
+    return [i for i, r in enumerate(rows) if pred(r)]
+
+
+def _stop_masks(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection[int]) -> torch.Tensor:
+    """min_tokens: end-of-sequence and stop_token_ids cannot be drawn yet; logit_bias: added."""
+    ban_rows, ban_ids, bias_rows, bias_ids, bias_vals = [], [], [], [], []
+    for i, r in enumerate(rows):
+        p = r.params
+        if len(r.output_ids) < p.min_tokens:
+            stops = set(p.stop_token_ids) | (set() if p.ignore_eos else set(eos_ids))
+            ban_rows += [i] * len(stops)
+            ban_ids += stops
+        if p.logit_bias:
+            bias_rows += [i] * len(p.logit_bias)
+            bias_ids += p.logit_bias.keys()
+            bias_vals += p.logit_bias.values()
+    if bias_rows:
+        logits = logits.index_put((torch.tensor(bias_rows), torch.tensor(bias_ids)),
+                                  torch.tensor(bias_vals, dtype=logits.dtype), accumulate=True)
+    if ban_rows:
+        logits = logits.index_put((torch.tensor(ban_rows), torch.tensor(ban_ids)), torch.tensor(lp.NEG_INF))
     return logits
 
 
-def sample(
-    logits: torch.Tensor,  # (S, V) float32
+def _penalize(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    idx = _rows_where(rows, lambda r: r.params.penalized)
+    if not idx:
+        return logits
+    V = logits.shape[1]
+    sub = [rows[i] for i in idx]
+    prompt_mask = lp.token_counts([list(r.prompt_ids) for r in sub], V) > 0  # (R, V)
+    output_counts = lp.token_counts([list(r.output_ids) for r in sub], V)  # (R, V)
+    at = torch.tensor(idx)
+    logits = logits.clone()
+    logits[at] = lp.apply_penalties(
+        logits[at], prompt_mask, output_counts,
+        _column(rows, idx, lambda p: p.presence_penalty), _column(rows, idx, lambda p: p.frequency_penalty),
+        _column(rows, idx, lambda p: p.repetition_penalty),
+    )
+    return logits
+
+
+def warp(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+    """The random rows' processed logits (R, V) -> what they draw from: temperature, min_p, top-k, top-p."""
+    temp = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32)
+    logits = logits / temp[:, None]  # (R, V)
+    if any(r.params.min_p > 0 for r in rows):
+        logits = lp.apply_min_p(logits, torch.tensor([r.params.min_p for r in rows], dtype=torch.float32))
+    V = logits.shape[1]
+    top_k = torch.tensor([r.params.top_k or V for r in rows]) if any(0 < r.params.top_k < V for r in rows) else None
+    top_p = torch.tensor([r.params.top_p for r in rows]) if any(r.params.top_p < 1 for r in rows) else None
+    if top_k is not None or top_p is not None:
+        logits = lp.apply_top_k_top_p(logits, top_k, top_p)
+    return logits
+
+
+def process(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection[int] = ()) -> torch.Tensor:
+    """Raw logits (S, V) -> what greedy rows take the argmax of: min_tokens mask, logit_bias, penalties."""
+    return _penalize(_stop_masks(logits, rows, eos_ids), rows)
+
+
+def _draw(
+    logits: torch.Tensor,  # (R, V) the random rows' processed logits
     rows: list[SampleRow],
     default_generator: torch.Generator,
+) -> torch.Tensor:
+    """(R,) int64 tokens; rows whose distribution is not finite take the argmax."""
+    logits = warp(logits, rows)
+    probs = logits.softmax(-1)  # (R, V)
+    u = torch.empty(len(rows), dtype=torch.float64)
+    free = [j for j, r in enumerate(rows) if r.generator is None]
+    if free:
+        u[free] = torch.rand(len(free), generator=default_generator, dtype=torch.float64)
+    for j, r in enumerate(rows):
+        if r.generator is not None:  # one number per seeded row, from its own stream
+            u[j] = torch.rand(1, generator=r.generator, dtype=torch.float64)
+    tokens = lp.inverse_cdf(probs, u)
+    bad = ~torch.isfinite(probs).all(-1) | (probs.gather(1, tokens[:, None]).squeeze(1) <= 0)
+    return torch.where(bad, logits.argmax(-1), tokens)
+
+
+def _logprobs(raw: torch.Tensor, rows: list[SampleRow], tokens: list[int]) -> list[TokenLogprob | None]:
+    out: list[TokenLogprob | None] = [None] * len(rows)
+    wanted = _rows_where(rows, lambda r: r.params.logprobs is not None)
+    if not wanted:
+        return out
+    logp = torch.log_softmax(raw[wanted], dim=-1)  # (W, V), the model's own distribution
+    k = max(rows[i].params.logprobs for i in wanted)
+    top_vals, top_ids = logp.topk(max(k, 1), dim=-1)  # (W, k)
+    chosen = logp.gather(1, torch.tensor([tokens[i] for i in wanted])[:, None]).squeeze(1).tolist()  # (W,)
+    top_ids, top_vals = top_ids.tolist(), top_vals.tolist()
+    for j, i in enumerate(wanted):
+        kk = rows[i].params.logprobs
+        out[i] = TokenLogprob(tokens[i], chosen[j], list(zip(top_ids[j][:kk], top_vals[j][:kk], strict=True)))
+    return out
+
+
+def sample(
+    logits: torch.Tensor,  # (S, V)
+    rows: list[SampleRow],
+    default_generator: torch.Generator,
+    eos_ids: Collection[int] = (),
 ) -> tuple[list[int], list[TokenLogprob | None]]:
     assert logits.dim() == 2 and logits.shape[0] == len(rows)
-    logits = logits.float()
-    tokens = logits.argmax(-1).tolist()  # greedy rows keep these
-    for i, row in enumerate(rows):
-        p = row.params
-        if p.greedy:
-            continue
-        row_logits = _filter(logits[i] / p.temperature, p.top_k, p.top_p)
-        probs = row_logits.softmax(-1)
-        if not torch.isfinite(probs).all():  # non-finite logits: fall back to the greedy choice
-            continue
-        tokens[i] = int(torch.multinomial(probs, 1, generator=row.generator or default_generator))
-    logprobs: list[TokenLogprob | None] = [None] * len(rows)
-    wanted = [i for i, r in enumerate(rows) if r.params.logprobs is not None]
-    if wanted:
-        lp = torch.log_softmax(logits[wanted], dim=-1)  # (W, V), the model's own distribution
-        k = max(rows[i].params.logprobs for i in wanted)
-        top_vals, top_ids = lp.topk(max(k, 1), dim=-1)
-        for j, i in enumerate(wanted):
-            kk = rows[i].params.logprobs
-            top = list(zip(top_ids[j, :kk].tolist(), top_vals[j, :kk].tolist(), strict=True))
-            logprobs[i] = TokenLogprob(tokens[i], float(lp[j, tokens[i]]), top)
-    return tokens, logprobs
+    raw = logits.float()
+    logits = process(raw, rows, eos_ids)  # (S, V)
+    tokens = logits.argmax(-1)  # (S,) greedy rows keep these
+    rand = _rows_where(rows, lambda r: not r.params.greedy)
+    if rand:
+        tokens[rand] = _draw(logits[rand], [rows[i] for i in rand], default_generator)
+    chosen = tokens.tolist()
+    return chosen, _logprobs(raw, rows, chosen)

@@ -109,3 +109,57 @@ def test_tiny_temperature_is_greedy(make_engine, checkpoint):
     prompt = checkpoint.tokenizer(PROMPT)["input_ids"]
     greedy = make_engine().generate([prompt], SamplingParams(max_tokens=8, temperature=0))[0]
     assert make_engine().generate([prompt], SamplingParams(max_tokens=8, temperature=1e-30, seed=1))[0] == greedy
+
+
+ALL_ON = dict(
+    temperature=0.9, top_p=0.95, top_k=40, min_p=0.02, presence_penalty=0.6, frequency_penalty=0.4,
+    repetition_penalty=1.2, logit_bias={13: -5.0, 28: 2.0}, min_tokens=6, stop_token_ids=[30],
+)
+
+
+def test_seeded_sampling_with_every_parameter_is_the_same_in_any_batch(make_engine, checkpoint):
+    tok = checkpoint.tokenizer
+    prompt = tok(PROMPT)["input_ids"]
+    params = SamplingParams(max_tokens=16, seed=77, **ALL_ON)
+    alone = ids_of(run(make_engine(), [EngineRequest("a", prompt, params)])[("a", 0)])
+    others = [
+        EngineRequest(f"o{i}", tok(t)["input_ids"], SamplingParams(max_tokens=10 + i, temperature=1.0, **extra))
+        for i, (t, extra) in enumerate([("The sun", {}), ("Once there was a king who", dict(presence_penalty=1.0)),
+                                        ("2 + 2 =", dict(seed=5, logit_bias={17: 3.0}))])
+    ]
+    crowded = run(make_engine(max_batch_tokens=8), [others[0], EngineRequest("a", prompt, params), *others[1:]])
+    assert ids_of(crowded[("a", 0)]) == alone and len(alone) >= 6
+    assert ids_of(run(make_engine(), [EngineRequest("b", prompt, SamplingParams(max_tokens=16, **ALL_ON))])
+                  [("b", 0)]) != alone
+
+
+def test_min_tokens_holds_back_end_of_sequence(make_engine, checkpoint):
+    tok = checkpoint.tokenizer
+    chat = tok.apply_chat_template([{"role": "user", "content": "Say hi."}], add_generation_prompt=True, tokenize=False)
+    prompt = tok(chat)["input_ids"]
+    free = make_engine().generate([prompt], SamplingParams(max_tokens=60, temperature=0))[0]
+    assert free[-1] == tok.eos_token_id
+    held = make_engine().generate([prompt], SamplingParams(max_tokens=60, temperature=0, min_tokens=len(free) + 3))[0]
+    assert len(held) >= len(free) + 3 and tok.eos_token_id not in held[: len(free) + 3]
+
+
+def test_prompt_logprobs_equal_transformers_over_chunked_prefill(make_engine, checkpoint, hf_fp32):
+    tok = checkpoint.tokenizer
+    prompt = tok("The quick brown fox jumps over the lazy dog. " * 5 + PROMPT)["input_ids"]
+    short = tok("2 + 2 =")["input_ids"]
+    assert len(prompt) > 3 * 16
+    params = SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=4)
+    got = run(make_engine(max_batch_tokens=16), [EngineRequest("p", prompt, params), EngineRequest("s", short, params)])
+    with torch.inference_mode():
+        for rid, ids in (("p", prompt), ("s", short)):
+            plp = got[(rid, 0)][0].prompt_logprobs
+            assert plp[0] is None and len(plp) == len(ids)
+            assert all(d.prompt_logprobs is None for d in got[(rid, 0)][1:])
+            ref = torch.log_softmax(hf_fp32(torch.tensor([ids])).logits[0, :-1].float(), -1)  # (P - 1, V)
+            got_lp = torch.tensor([lp.logprob for lp in plp[1:]])
+            torch.testing.assert_close(got_lp, ref.gather(1, torch.tensor(ids[1:])[:, None]).squeeze(1),
+                                       atol=1e-4, rtol=0)
+            assert [lp.token_id for lp in plp[1:]] == ids[1:]
+            for j, lp in enumerate(plp[1:]):
+                torch.testing.assert_close(torch.tensor([v for _, v in lp.top]), ref[j].topk(4).values,
+                                           atol=1e-4, rtol=0)
