@@ -96,6 +96,20 @@ def _lora_apply_rows(x, out, pool, a_offsets, b_offsets, info) -> None:
     return apply_twin(x, out, pool, a_offsets, b_offsets, info)
 
 
+def arrow_apply(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow) -> None:
+    """out (T, out) += per-token Arrow's delta for the routed rows (kernels/arrow_rows.py ArrowRows): each row
+    mixes its top-k candidates at this projection, weighted by softmax(|x . prototype| / temperature)."""
+    info = arrow.entries
+    if _use_triton(x):
+        from kernels.triton.arrow_expand import arrow_expand_fwd
+
+        y = lora_shrink(x.index_select(0, info.entry_rows), pool, a_offsets, info)  # (E, max_rank)
+        return arrow_expand_fwd(x, y, out, pool, b_offsets, proto_offsets, arrow)
+    from kernels.torch.arrow import arrow_apply as arrow_twin
+
+    return arrow_twin(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow, _lora_apply_rows)
+
+
 def quant_matmul(x, blocks, qtype):
     """x (T, in) @ dequant(blocks)^T -> (T, out) in x's dtype; blocks (out, in/32 * block bytes) uint8 of
     ggml type qtype (Q8_0/Q4_0/Q4_1). The C kernel on CPUs, else the twin (dequantize + F.linear)."""

@@ -18,7 +18,7 @@ from server.engine.output_processor import OutputProcessor
 from server.engine.outputs import SequenceDelta
 from server.engine.sampling_params import SamplingParams
 from server.engine.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
-from server.engine.sequence import SeqStatus, Sequence
+from server.engine.sequence import SeqStatus, Sequence, TokenRouting
 from server.memory.adapter_pages import AdapterPages, pack
 from server.memory.block_manager import BlockManager, blocks_for
 from server.memory.device_pool import DevicePool
@@ -40,11 +40,20 @@ class EngineRequest:
     params: SamplingParams
     adapter: str | None = None  # None = the base model
     mixture: tuple[tuple[str, float], ...] = ()  # instead of `adapter`: the weighted sum of these adapters' deltas
+    # with a mixture: its adapters are candidates that every token routes among (Arrow), its weights unused
+    routing: TokenRouting | None = None
     grammar: object | None = None  # a compiled structured.Grammar: each sequence gets its own matcher
 
     def lora(self) -> tuple[tuple[str, float], ...]:
         """(adapter name, weight) pairs; () = the base model."""
         return self.mixture or (((self.adapter, 1.0),) if self.adapter is not None else ())
+
+
+def check_routing(routing: TokenRouting, has_candidates: bool) -> None:
+    if not has_candidates:
+        raise ValueError("per-token routing needs its candidate adapters as a mixture (and no single adapter)")
+    if routing.top_k < 1 or not (math.isfinite(routing.temperature) and routing.temperature > 0):
+        raise ValueError(f"per-token routing needs top_k >= 1 and a temperature > 0, not {routing}")
 
 
 def _eos_ids(ckpt: Checkpoint) -> set[int]:
@@ -123,6 +132,8 @@ class LLMEngine:
         req.params.check_vocab(vocab)
         if n >= self.max_model_len:
             raise ValueError(f"the prompt has {n} tokens; this model's context is {self.max_model_len}")
+        if req.routing is not None:
+            check_routing(req.routing, bool(req.mixture) and req.adapter is None)
         if req.mixture and req.adapter is not None:
             raise ValueError("a request names either one adapter or a mixture, not both")
         if len(req.mixture) > MAX_MIXTURE:
@@ -138,7 +149,8 @@ class LLMEngine:
                 ref = self.adapters.resolve(name)
             except KeyError:
                 raise UnknownAdapter(f"The model `{name}` does not exist.") from None
-            if len(names) > 1 and ref.format == "dora":  # a rescale of summed deltas has no PEFT meaning
+            # a rescale of summed deltas has no PEFT meaning
+            if (len(names) > 1 or req.routing is not None) and ref.format == "dora":
                 raise ValueError(f"DoRA adapter {name!r} cannot be part of a mixture")
             need += pack(self.adapters.sizes(ref), self.pool.page_elems)[0]
         if need > self.pool.book.num_pages:
@@ -155,7 +167,8 @@ class LLMEngine:
             lora.append((ref.id, float(weight)))
         seqs = []
         for i in range(req.params.n):
-            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, tuple(lora))
+            seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, tuple(lora),
+                           routing=req.routing)
             if req.params.seed is not None:
                 self.runner.generators[seq.seq_id] = torch.Generator().manual_seed(req.params.seed + i)
             seq.grammar = req.grammar.matcher() if req.grammar is not None else None

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.arrow_rows import ArrowRows
 from kernels.lora_batch import LoRABatchInfo
 from server.adapters.manager import AdapterManager
 from server.adapters.types import AdapterError
@@ -12,6 +13,7 @@ from server.engine.outputs import TokenLogprob
 from server.engine.prompt_logprobs import prompt_logprobs
 from server.engine.sampler import SampleRow, sample
 from server.engine.scheduler import ScheduledChunk, SchedulerOutput
+from server.engine.sequence import TokenRouting
 from server.memory.device_pool import DevicePool
 from server.model.batch import AttentionBatch, ForwardStep, LoRAStep
 from server.model.llama import LlamaForCausalLM
@@ -89,35 +91,53 @@ class ModelRunner:
         """One slot per distinct (adapter, weight) of this step, in order of first appearance; None if base-only.
 
         Rows of single-adapter sequences are the kernels' rows; once any sequence mixes adapters, the
-        kernels' rows become (row, slot) entries grouped by slot (see kernels/lora_batch.py).
+        kernels' rows become (row, slot) entries grouped by slot (see kernels/lora_batch.py). Rows of
+        sequences routed per token are base-only there: their candidates' entries go in `arrow`.
         """
         slot_of: dict[tuple[int, float], int] = {}
         row_slots: list[int] = []
         entries: list[tuple[int, int]] = []  # (slot, token row), only built when a sequence mixes
-        mixed = any(len(c.seq.lora) > 1 for c in out.chunks)
+        routed: list[tuple[list[int], int, TokenRouting]] = []  # (candidate slots, token row, routing)
+        mixed = any(len(c.seq.lora) > 1 and c.seq.routing is None for c in out.chunks)
         row = 0
         for chunk in out.chunks:
-            slots = [slot_of.setdefault(pair, len(slot_of)) for pair in chunk.seq.lora]
+            routing, rows = chunk.seq.routing, range(row, row + chunk.num_tokens)
+            pairs = chunk.seq.lora if routing is None else [(a, 1.0) for a, _ in chunk.seq.lora]
+            slots = [slot_of.setdefault(pair, len(slot_of)) for pair in pairs]
+            if routing is not None:
+                routed += [(slots, r, routing) for r in rows]
+                slots = []
             if mixed:
-                entries += [(s, r) for s in slots for r in range(row, row + chunk.num_tokens)]
+                entries += [(s, r) for s in slots for r in rows]
             else:
                 row_slots += [slots[0] if slots else -1] * chunk.num_tokens
             row += chunk.num_tokens
         if not slot_of:
             return None
         refs = [self.adapters.ref(a) for a, _ in slot_of]
+        ranks = [r.rank for r in refs]
         scalings = [ref.scaling * w for ref, (_, w) in zip(refs, slot_of, strict=True)]
         entry_rows = None
         if mixed:
             entries.sort()  # stable order, grouped by slot: each slot's entries are one run
             row_slots, entry_rows = [s for s, _ in entries], [r for _, r in entries]
-        info = LoRABatchInfo.from_row_slots(
-            row_slots, [r.rank for r in refs], scalings, self.device, entry_rows=entry_rows
-        )
+        info = LoRABatchInfo.from_row_slots(row_slots, ranks, scalings, self.device, entry_rows=entry_rows)
         offsets = [self.adapters.offsets(a) for a, _ in slot_of]
         a = torch.stack([o[0] for o in offsets]).to(self.device)  # (slots, L, M)
         b = torch.stack([o[1] for o in offsets]).to(self.device)
-        return LoRAStep(info, a, b, self.pool.pages.view(-1), self._scale_offsets(slot_of, a, mixed))
+        step = LoRAStep(info, a, b, self.pool.pages.view(-1), self._scale_offsets(slot_of, a, mixed))
+        if routed:
+            cands, rows, routings = zip(*routed, strict=True)
+            step.arrow = ArrowRows.build(list(cands), list(rows), [r.top_k for r in routings],
+                                         [r.temperature for r in routings], ranks, scalings, self.device)
+            step.proto_offsets = self._offsets_of(slot_of, "proto", a)
+        return step
+
+    def _offsets_of(self, slot_of: dict[tuple[int, float], int], factor: str, a: torch.Tensor) -> torch.Tensor:
+        """(slots, L, M) offsets of one pool factor, -1 for slots whose format has none."""
+        minus = torch.full_like(a[0], -1, device="cpu")  # (L, M)
+        tables = [self.adapters.factor_offsets(adapter, factor) for adapter, _ in slot_of]
+        return torch.stack([minus if t is None else t for t in tables]).to(self.device)
 
     def _scale_offsets(self, slot_of: dict[tuple[int, float], int], a: torch.Tensor, mixed: bool,
                        ) -> torch.Tensor | None:

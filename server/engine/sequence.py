@@ -9,6 +9,14 @@ NO_ADAPTER = -1  # the adapter id of base-only sequences
 LoRAMix = tuple[tuple[int, float], ...]  # (adapter id, weight) pairs: () base, one pair an adapter, k a mixture
 
 
+@dataclass(frozen=True, slots=True)
+class TokenRouting:
+    """Arrow per token: at every projection each token mixes top_k of its sequence's adapters (the candidates)."""
+
+    top_k: int
+    temperature: float  # of the softmax over the chosen candidates' scores
+
+
 class SeqStatus(Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -31,6 +39,7 @@ class Sequence:
     num_preemptions: int = 0
     finish_reason: str | None = None
     first_scheduled: float | None = None  # monotonic seconds of its first scheduled chunk
+    routing: TokenRouting | None = None  # None: `lora` is applied with its weights; else its adapters route per token
     grammar: object | None = None  # its place in a structured-output grammar (server/structured), or None
 
     @property

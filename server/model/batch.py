@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.arrow_rows import ArrowRows
 from kernels.lora_batch import LoRABatchInfo
 
 
@@ -32,6 +33,10 @@ class LoRAStep:
     # (num_slots, L, M) int64, pool offset of a DoRA slot's per-channel scale (out,); -1 = plain LoRA there;
     # None when no slot of the step is DoRA (no rescale at all)
     scale_offsets: torch.Tensor | None = None
+    # rows routed per token by Arrow (their deltas are not in `info`: those rows are base-only there), and
+    # (num_slots, L, M) int64 pool offsets of each slot's Arrow prototype (in,); -1 = not targeted
+    arrow: ArrowRows | None = None
+    proto_offsets: torch.Tensor | None = None
 
 
 @dataclass(slots=True)

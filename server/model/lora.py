@@ -3,6 +3,9 @@
 DoRA rows (server/adapters/formats/dora.py) then get their per-channel scale m / ||W + s B A|| applied
 to base + LoRA (bias excluded, as PEFT), in the same call, next to plain LoRA and base rows.
 
+Rows routed per token by Arrow (kernels/arrow_rows.py) then add their candidates' deltas, weighted
+by this projection's own input against the candidates' prototypes.
+
 A wrapped projection reads the step it is given (server/model/batch.py ForwardStep): its adapter rows,
 and for a routing pass which inputs to keep. Nothing per step is stored on the model.
 """
@@ -35,6 +38,9 @@ class LoRALinear(nn.Module):
             a = lora.a_offsets[:, self.layer, self.module]  # (num_slots,)
             b = lora.b_offsets[:, self.layer, self.module]
             ops.lora_apply(x, out, lora.pool_flat, a, b, lora.info)
+            if lora.arrow is not None:
+                protos = lora.proto_offsets[:, self.layer, self.module]  # (num_slots,)
+                ops.arrow_apply(x, out, lora.pool_flat, a, b, protos, lora.arrow)
             if lora.scale_offsets is not None:
                 self._dora_rescale(out, lora)
         return out

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from router.prototypes import adapter_prototypes
 from server.adapters.shapes import peft_prefix
 
 Shape = tuple[int, ...]
@@ -25,7 +26,9 @@ class AdapterFormat:
     name = "lora"
     config_fields: frozenset[str] = frozenset()  # PEFT config fields this format handles beyond LoRA's
     file_factors: tuple[str, ...] = ("a", "b")  # the factors the file holds per (layer, module)
-    pool_factors: tuple[str, ...] = ("a", "b")  # the factors the pool holds (the kernels' inputs)
+    # the factors the pool holds (the kernels' inputs); "proto": Arrow's prototype per (layer, module), the top
+    # right singular vector (in,) of B A, what per-token routing scores each token's input against
+    pool_factors: tuple[str, ...] = ("a", "b", "proto")
 
     def matches(self, raw: dict) -> bool:
         """Whether a PEFT config (adapter_config.json as a dict) is of this format."""
@@ -44,7 +47,7 @@ class AdapterFormat:
 
     def pool_sizes(self, rank: int, fan_in: int, fan_out: int) -> dict[str, int]:
         """Elements of each pool factor of one (layer, module)."""
-        return {"a": rank * fan_in, "b": fan_out * rank}
+        return {"a": rank * fan_in, "b": fan_out * rank, "proto": fan_in}
 
     def pool_tensors(self, ref, factors: dict[str, dict[tuple[int, str], torch.Tensor]],
                      base_weight: BaseWeight | None) -> Iterator[tuple[tuple[int, str, str], torch.Tensor]]:
@@ -52,3 +55,5 @@ class AdapterFormat:
         for factor in ("a", "b"):
             for (layer, module), t in factors[factor].items():
                 yield (layer, module, factor), t
+        for (layer, module), v in adapter_prototypes(factors["a"], factors["b"]).items():
+            yield (layer, module, "proto"), v

@@ -19,7 +19,7 @@ class DoRAFormat(AdapterFormat):
     name = "dora"
     config_fields = frozenset({"use_dora"})
     file_factors = ("a", "b", "magnitude")
-    pool_factors = ("a", "b", "scale")
+    pool_factors = (*AdapterFormat.pool_factors, "scale")
 
     def matches(self, raw: dict) -> bool:
         return raw.get("use_dora") is True

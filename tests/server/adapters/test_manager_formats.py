@@ -1,10 +1,11 @@
 # ruff: noqa: F811 (the fixtures imported from tests/server/adapters/conftest.py)
-"""The manager pages each format's pool factors: LoRA's A and B, DoRA's A, B and its scale computed once from
+"""The manager pages each format's pool factors: LoRA's A, B and Arrow prototypes, DoRA's A, B and its scale computed once from
 the base weights; the runner's offset tables name exactly those factors."""
 
 import pytest
 import torch
 
+from router.prototypes import top_right_singular_vector
 from server.adapters.formats import dora_scale
 from server.adapters.manager import AdapterManager
 from server.adapters.registry import AdapterRegistry
@@ -34,15 +35,20 @@ def manager(tiny_config, base):
                           TINY["num_hidden_layers"], base_weight=lambda layer, m: base[layer, m])
 
 
-def test_lora_pages_a_and_b_only(manager, make_adapter):
+def test_lora_pages_a_b_and_its_arrow_prototypes(manager, make_adapter):
     ref = manager.registry.register("l", make_adapter("l"))
     manager.hold(ref)
     assert manager.acquire(ref.id)
-    assert {f for _, _, f in manager.sizes(ref)} == {"a", "b"} and manager.factor_offsets(ref.id, "scale") is None
+    assert {f for _, _, f in manager.sizes(ref)} == {"a", "b", "proto"}
+    assert manager.factor_offsets(ref.id, "scale") is None
     a_off, _ = manager.offsets(ref.id)
     w = manager.registry.weights(ref)
-    off = int(a_off[0, MODULES.index("q_proj")])
+    q = MODULES.index("q_proj")
+    off = int(a_off[0, q])
     assert torch.equal(manager.pool_flat[off : off + w.a[0, "q_proj"].numel()], w.a[0, "q_proj"].reshape(-1))
+    v, _ = top_right_singular_vector(w.a[0, "q_proj"], w.b[0, "q_proj"])  # per-token Arrow scores against it
+    off = int(manager.factor_offsets(ref.id, "proto")[0, q])
+    assert torch.equal(manager.pool_flat[off : off + v.numel()], v)
 
 
 def test_dora_pages_its_scale_from_the_base_weights(manager, make_adapter, base):

@@ -1,0 +1,78 @@
+"""Torch twins of per-token Arrow: the scores, top-k and softmax weights, and the weighted expand.
+
+PEFT's ArrowLoraLinearLayer semantics per routed row: scores |x . v_c| over the row's candidates that
+target the projection, top_k of them, softmax(top / temperature) over those, the rest weigh 0; the
+delta is sum_c w_c * scale_c * B_c A_c x.
+"""
+
+import torch
+
+from kernels.arrow_rows import ArrowRows
+
+
+def arrow_weights(
+    x: torch.Tensor,  # (T, in)
+    pool: torch.Tensor,  # (N,) flat unified pool, x's dtype
+    proto_offsets: torch.Tensor,  # (num_slots,) int64, where slot s's prototype v_s (in,) starts; < 0 = not here
+    arrow: ArrowRows,
+) -> torch.Tensor:  # (R, C) float32 mixture weight of each routed row's candidates; 0 = not chosen
+    R, C = arrow.cand_slots.shape
+    d_in = x.shape[1]
+    assert pool.dim() == 1 and pool.dtype == x.dtype and proto_offsets.dtype == torch.int64
+    if R == 0:
+        return torch.zeros(0, C, device=x.device)
+    idx = proto_offsets.clamp(min=0)[:, None] + torch.arange(d_in, device=x.device)  # (num_slots, in)
+    protos = pool[idx].float()  # (num_slots, in); rows of absent slots are junk, masked below
+    xs = x.index_select(0, arrow.rows).float()  # (R, in)
+    slots = arrow.cand_slots.clamp(min=0)  # (R, C)
+    scores = (xs @ protos.T).abs().gather(1, slots)  # (R, C)
+    valid = (arrow.cand_slots >= 0) & (proto_offsets[slots] >= 0)  # (R, C)
+    scores = scores.masked_fill(~valid, float("-inf"))
+    k = min(arrow.max_top_k, C)
+    top, at = scores.topk(k, dim=1)  # (R, k)
+    top = top.masked_fill(torch.arange(k, device=x.device) >= arrow.top_k[:, None], float("-inf"))
+    w = (top * arrow.inv_temperature[:, None]).softmax(dim=1)  # (R, k); NaN rows: no candidate targets it
+    w = torch.where(torch.isfinite(top), w, 0.0)
+    return torch.zeros(R, C, device=x.device).scatter_(1, at, w)
+
+
+def entry_weights(weights: torch.Tensor, arrow: ArrowRows) -> torch.Tensor:
+    """(R, C) candidate weights -> (E,) float32, the weight of each (row, candidate) entry."""
+    ew = torch.zeros(arrow.entries.num_rows, device=weights.device)  # (E,)
+    pad = arrow.cand_entries >= 0
+    return ew.index_put_((arrow.cand_entries[pad],), weights[pad])
+
+
+def arrow_apply(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow: ArrowRows, apply_rows) -> None:
+    """out (T, out) += each routed row's weighted candidate deltas; `apply_rows` (a LoRA kernel with the
+    signature of kernels.torch.lora.lora_apply) computes every entry's delta, then the weights mix them."""
+    w = entry_weights(arrow_weights(x, pool, proto_offsets, arrow), arrow)  # (E,)
+    rows = arrow.entries.entry_rows  # (E,)
+    delta = out.new_zeros(rows.shape[0], out.shape[1])  # (E, out)
+    apply_rows(x.index_select(0, rows), delta, pool, a_offsets, b_offsets, arrow.entries)
+    out.index_add_(0, rows, (delta.float() * w[:, None]).to(out.dtype))
+
+
+def arrow_expand(
+    x: torch.Tensor,  # (T, in), the projection's input (scored against the prototypes)
+    y: torch.Tensor,  # (E, max_rank), the entries' shrink x_row @ A_slot.T
+    out: torch.Tensor,  # (T, out), accumulated in place
+    pool: torch.Tensor,  # (N,)
+    b_offsets: torch.Tensor,  # (num_slots,) int64; < 0 = none
+    proto_offsets: torch.Tensor,  # (num_slots,) int64; < 0 = none
+    arrow: ArrowRows,
+) -> None:
+    """Twin of the Triton fused score + top-k + expand (kernels/triton/arrow_expand.py)."""
+    weights = arrow_weights(x, pool, proto_offsets, arrow)  # (R, C)
+    info = arrow.entries
+    ranks, scalings = info.ranks.tolist(), info.scalings.tolist()
+    offs, d_out, base = b_offsets.tolist(), out.shape[1], pool.storage_offset()
+    acc = torch.zeros(arrow.rows.shape[0], d_out, device=out.device)  # (R, out)
+    for r, (slots, entries, ws) in enumerate(zip(arrow.cand_slots.tolist(), arrow.cand_entries.tolist(),
+                                                 weights.tolist(), strict=True)):
+        for s, e, w in zip(slots, entries, ws, strict=True):
+            if s < 0 or w == 0.0 or offs[s] < 0:
+                continue
+            b_t = pool.as_strided((ranks[s], d_out), (1, ranks[s]), base + offs[s]).float()  # (r, out) = B_s.T
+            acc[r] += (w * scalings[s]) * (y[e, : ranks[s]].float() @ b_t)
+    out.index_add_(0, arrow.rows, acc.to(out.dtype))
