@@ -112,10 +112,11 @@ def arrow_apply(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow) -> Non
 
 def quant_matmul(x, blocks, qtype):
     """x (T, in) @ dequant(blocks)^T -> (T, out) in x's dtype; blocks (out, in/32 * block bytes) uint8 of
-    ggml type qtype (Q8_0/Q4_0/Q4_1). The C kernel on CPUs, else the twin (dequantize + F.linear)."""
+    ggml type qtype (Q8_0/Q4_0/Q4_1, or F32: dense weights as bytes). The C kernel on CPUs, else the twin
+    (dequantize + F.linear; for F32 a view, so torch's GEMM on the weight itself)."""
     from kernels.cpu import quant_matmul as cpu_quant
 
-    if not _FORCE_TORCH and cpu_quant.available(x):
+    if not _FORCE_TORCH and cpu_quant.available(x) and cpu_quant.serves(x, qtype):
         return cpu_quant.quant_matmul(x, blocks, qtype)
     from kernels.torch.quant_matmul import quant_matmul as twin
 

@@ -1,4 +1,5 @@
-/* y = x @ dequant(W)^T on CPUs, W in GGUF blocks (Q8_0, Q4_0, Q4_1) of 32 inputs each.
+/* y = x @ dequant(W)^T on CPUs, W in GGUF blocks (Q8_0, Q4_0, Q4_1) of 32 inputs each, or in F32
+   "blocks" (32 plain floats: dense fp32 weights viewed as bytes, no copy), which only skip the dequantize.
 
    The weights stay in their blocks and are dequantized inside the dot products; x stays fp32
    (llama.cpp quantizes activations to 8 bits, we do not). Each weight comes out as the exact float
@@ -16,14 +17,14 @@
 #include <immintrin.h>
 #endif
 
-enum { Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 }; /* ggml_type values */
+enum { F32 = 0, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 }; /* ggml_type values */
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 enum { QK = 32, NT = 8, KC = 512, MAX_GEMV_ROWS = 4 };
 
 #define INLINE static inline __attribute__((always_inline))
 
 static int block_bytes(int64_t type) {
-    return type == Q8_0 ? 34 : type == Q4_0 ? 18 : type == Q4_1 ? 20 : 0;
+    return type == Q8_0 ? 34 : type == Q4_0 ? 18 : type == Q4_1 ? 20 : type == F32 ? 4 * QK : 0;
 }
 
 static float fp16_to_f32(const uint8_t *p) { /* exact, subnormals and inf/NaN included */
@@ -51,6 +52,10 @@ static float fp16_to_f32(const uint8_t *p) { /* exact, subnormals and inf/NaN in
 /* ---- scalar ---------------------------------------------------------------------------------- */
 
 static void dequant_scalar(int type, const uint8_t *b, float *w) {
+    if (type == F32) {
+        memcpy(w, b, sizeof(float) * QK);
+        return;
+    }
     const float d = fp16_to_f32(b);
     if (type == Q8_0) {
         for (int i = 0; i < QK; i++) w[i] = (float)(int8_t)b[2 + i] * d;
@@ -105,6 +110,10 @@ AVX2 INLINE float f16_avx2(const uint8_t *p) {
 
 /* 32 weights of one block -> w[0..3], 8 each, in order */
 AVX2 INLINE void dequant_avx2(int type, const uint8_t *b, __m256 w[4]) {
+    if (type == F32) {
+        for (int i = 0; i < 4; i++) w[i] = _mm256_loadu_ps((const float *)b + 8 * i);
+        return;
+    }
     const __m256 d = _mm256_set1_ps(f16_avx2(b));
     if (type == Q8_0) {
         for (int i = 0; i < 4; i++) {
@@ -159,6 +168,10 @@ AVX2 INLINE void rows_avx2_body(int type, int R, const uint8_t *wrow, int64_t nb
 
 #define ROWS_CASES(BODY, ...)                                                                       \
     switch (type * 8 + R) {                                                                         \
+        case F32 * 8 + 1: BODY(F32, 1, __VA_ARGS__); break;                                          \
+        case F32 * 8 + 2: BODY(F32, 2, __VA_ARGS__); break;                                          \
+        case F32 * 8 + 3: BODY(F32, 3, __VA_ARGS__); break;                                          \
+        case F32 * 8 + 4: BODY(F32, 4, __VA_ARGS__); break;                                          \
         case Q8_0 * 8 + 1: BODY(Q8_0, 1, __VA_ARGS__); break;                                        \
         case Q8_0 * 8 + 2: BODY(Q8_0, 2, __VA_ARGS__); break;                                        \
         case Q8_0 * 8 + 3: BODY(Q8_0, 3, __VA_ARGS__); break;                                        \
@@ -223,6 +236,11 @@ AVX2 static void micro_avx2(int mr, int nr, const float *x, int64_t xs, const fl
 
 /* 32 weights of one block -> w[0..1], 16 each, in order */
 AVX512 INLINE void dequant_avx512(int type, const uint8_t *b, __m512 w[2]) {
+    if (type == F32) {
+        w[0] = _mm512_loadu_ps((const float *)b);
+        w[1] = _mm512_loadu_ps((const float *)b + 16);
+        return;
+    }
     const __m512 d = _mm512_set1_ps(f16_avx2(b));
     if (type == Q8_0) {
         for (int i = 0; i < 2; i++) {

@@ -14,11 +14,20 @@ from kernels.torch.quant_matmul import check_inputs
 # through a dequantized tile reused by all of them.
 GEMV_MAX_ROWS = 4
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
+# Dense fp32 weights (type F32) take this kernel up to this many rows of x; torch's GEMM, which reuses
+# each weight across many rows better than the tiled path, serves larger steps.
+F32_MAX_ROWS = 8
+F32 = 0
 _DTYPES = (torch.float32, torch.bfloat16)
 
 
 def available(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _DTYPES and load("quant_matmul") is not None
+
+
+def serves(x: torch.Tensor, qtype: int) -> bool:
+    """Whether this kernel is the better path for x on weights of qtype (else the twin)."""
+    return qtype != F32 or x.shape[0] <= F32_MAX_ROWS
 
 
 def best_isa() -> int:
@@ -29,7 +38,7 @@ def best_isa() -> int:
 def quant_matmul(
     x: torch.Tensor,  # (T, in) float32 or bfloat16
     blocks: torch.Tensor,  # (out, in / 32 * block_bytes) uint8, one row of blocks per output
-    qtype: int,  # Q8_0, Q4_0 or Q4_1 (kernels.torch.quant_matmul)
+    qtype: int,  # Q8_0, Q4_0, Q4_1 or F32 (kernels.torch.quant_matmul)
 ) -> torch.Tensor:  # (T, out) in x's dtype
     return run(x, blocks, qtype)
 

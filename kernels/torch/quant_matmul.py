@@ -5,6 +5,7 @@ A block holds 32 consecutive inputs of one output row; a row of W is in_features
   Q8_0 (34 bytes): fp16 d, 32 int8 q          -> w = q * d
   Q4_0 (18 bytes): fp16 d, 16 bytes of nibbles -> w = d * (q - 8)
   Q4_1 (20 bytes): fp16 d, fp16 m, 16 bytes    -> w = d * q + m (two roundings, no FMA)
+  F32 (128 bytes): 32 float32, as they are (a dense fp32 weight viewed as bytes: the same kernels serve it)
 Byte i's low nibble is input i of the block, its high nibble input i + 16 (ggml's order).
 The products are gguf's own dequantize, float for float; activations are never quantized.
 """
@@ -12,10 +13,10 @@ The products are gguf's own dequantize, float for float; activations are never q
 import torch
 import torch.nn.functional as F
 
-Q4_0, Q4_1, Q8_0 = 2, 3, 8  # ggml_type values
+F32, Q4_0, Q4_1, Q8_0 = 0, 2, 3, 8  # ggml_type values
 BLOCK = 32  # inputs per block
-BLOCK_BYTES = {Q4_0: 18, Q4_1: 20, Q8_0: 34}
-TYPE_NAMES = {Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0"}
+BLOCK_BYTES = {F32: 128, Q4_0: 18, Q4_1: 20, Q8_0: 34}
+TYPE_NAMES = {F32: "F32", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0"}
 
 
 def check_inputs(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> int:
@@ -36,6 +37,8 @@ def check_inputs(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> int:
 def dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
     """(rows, n * block_bytes) uint8 -> (rows, n * 32) float32."""
     rows = blocks.shape[0]
+    if qtype == F32:
+        return blocks.view(torch.float32)
     b = blocks.reshape(rows, -1, BLOCK_BYTES[qtype])  # (rows, n, bb)
     d = b[..., :2].contiguous().view(torch.float16).float()  # (rows, n, 1)
     if qtype == Q8_0:

@@ -166,4 +166,11 @@ def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device
     model.rotary = Rotary(ckpt.config, max_positions)  # fp32 tables, cast per step like transformers
     for p in model.parameters():
         p.data = p.data.to(device=device, dtype=dtype)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    from kernels.cpu.build import load
+
+    if device == "cpu" and dtype == torch.float32 and load("quant_matmul") is not None:
+        from server.model.dense_cpu import serve_fp32_with_cpu_kernel
+
+        serve_fp32_with_cpu_kernel(model)
+    return model

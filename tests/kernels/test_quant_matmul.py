@@ -9,7 +9,7 @@ import torch
 
 from kernels import ops
 from kernels.cpu import quant_matmul as cpu_quant
-from kernels.torch.quant_matmul import BLOCK_BYTES, Q4_0, Q4_1, Q8_0, TYPE_NAMES, dequantize, quant_matmul
+from kernels.torch.quant_matmul import BLOCK_BYTES, F32, Q4_0, Q4_1, Q8_0, TYPE_NAMES, dequantize, quant_matmul
 
 needs_cc = pytest.mark.skipif(not cpu_quant.available(torch.zeros(1)), reason="no C compiler: the CPU kernel is off")
 
@@ -161,3 +161,45 @@ def test_c_kernel_refuses_what_it_cannot_run():
         cpu_quant.quant_matmul(torch.zeros(1, 32, dtype=torch.float64), blocks, Q8_0)
     with pytest.raises(ValueError):
         cpu_quant.quant_matmul(torch.zeros(1, 32), blocks.T.contiguous().T, Q8_0)  # block rows not contiguous
+
+
+# F32: dense fp32 weights viewed as bytes (server/model/dense_cpu.py); the kernel only skips the dequantize
+
+
+def f32_blocks(rows: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed))
+    return w, w.view(torch.uint8)  # (rows, k) float32, (rows, 4k) uint8: the same memory
+
+
+def test_f32_twin_is_a_view_of_the_weight():
+    w, blocks = f32_blocks(5, 64)
+    assert dequantize(blocks, F32).data_ptr() == w.data_ptr() and torch.equal(dequantize(blocks, F32), w)
+
+
+@needs_cc
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("gemv_rows", [0, 64], ids=["tiled", "registers"])
+def test_c_kernel_reads_f32_weights_exactly(isa, gemv_rows):
+    w, blocks = f32_blocks(21, 576, seed=1)
+    assert torch.equal(cpu_quant.run(torch.eye(576), blocks, F32, isa=isa, gemv_rows=gemv_rows).T, w)
+
+
+@needs_cc
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("num_threads", [1, 2])
+def test_c_kernel_f32_sweep(rows, shape, num_threads, threads):
+    threads(num_threads)
+    w, blocks = f32_blocks(*shape, seed=rows)
+    x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(rows))
+    for isa in isas():
+        for gemv_rows in (0, cpu_quant.GEMV_MAX_ROWS, 64):
+            assert_matmul_close(cpu_quant.run(x, blocks, F32, isa=isa, gemv_rows=gemv_rows), x, w)
+    assert_matmul_close(ops.quant_matmul(x, blocks, F32), x, w)  # the C kernel or torch's GEMM, by rows
+
+
+@needs_cc
+def test_f32_dispatch_by_rows():
+    x_few, x_many = torch.zeros(cpu_quant.F32_MAX_ROWS, 32), torch.zeros(cpu_quant.F32_MAX_ROWS + 1, 32)
+    assert cpu_quant.serves(x_few, F32) and not cpu_quant.serves(x_many, F32)
+    assert cpu_quant.serves(x_many, Q4_1)  # quantized weights have no dense GEMM to go back to
