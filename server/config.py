@@ -45,6 +45,7 @@ class EngineConfig:
     adapter_cache_mb: int = 1024  # host-memory budget for adapter weights read from disk
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     cache_dir: Path | None = None  # converted-weights cache; None = default_cache_dir()
+    prefix_caching: bool = True  # reuse cached KV of shared prompt prefixes (keyed by LoRA content identity)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -77,6 +77,8 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
     f.add("--max-lora-rank", "adapters of higher rank are refused", type=int, default=64, metavar="R")
     f.add("--adapter-cache-mb", "host-memory budget for adapter weights read from disk, MiB", type=int,
           default=1024, metavar="MIB")
+    f.add("--no-prefix-caching", "recompute every prompt: no reuse of cached KV blocks of shared prefixes "
+          "(on by default, keyed by the adapter's content)", switch=True)
     f.add("--num-threads", "torch CPU threads (default: torch's choice)", type=int, metavar="N")
     f.add("--api-key", "require `Authorization: Bearer KEY` on /v1/*", metavar="KEY")
     f.add("--max-queue", "requests waiting for their first token before new ones get 429", type=int, default=256,
@@ -186,6 +188,7 @@ def engine_config(args: argparse.Namespace, device: str) -> EngineConfig:
         model=args.model, dtype=args.dtype, weights=args.weights, device=device, pool_mb=args.pool_mb,
         max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens, max_model_len=args.max_model_len,
         num_threads=args.num_threads, max_lora_rank=args.max_lora_rank, adapter_cache_mb=args.adapter_cache_mb,
+        prefix_caching=not args.no_prefix_caching,
     )
 
 

@@ -68,6 +68,7 @@ class _ScrapeTime(Collector):
         pages.add_metric(["kv"], s.kv)
         pages.add_metric(["adapter"], s.adapter)
         pages.add_metric(["free"], s.free)
+        pages.add_metric(["cached"], s.cached)
         yield pages
         yield GaugeMetricFamily("loraplex_pool_pages_capacity", "Pages in the unified pool", value=s.total)
         yield GaugeMetricFamily(
@@ -123,6 +124,14 @@ class Metrics:
             "loraplex_adapter_generation_tokens", "Generated tokens by adapter, labelled as loraplex_adapter_requests",
             ["adapter"], registry=r,
         )
+        self.prefix_queried_tokens = Counter(
+            "loraplex_prefix_cache_queried_tokens", "Prompt tokens looked up in the prefix cache, by adapter "
+            "(labelled as loraplex_adapter_requests)", ["adapter"], registry=r,
+        )
+        self.prefix_hit_tokens = Counter(
+            "loraplex_prefix_cache_hit_tokens", "Prompt tokens whose KV came from the prefix cache, by adapter; "
+            "hit rate = rate(hit) / rate(queried)", ["adapter"], registry=r,
+        )
         self.adapter_labels = TopLabels(adapter_labels, self._drop_adapter_series)
         self.router_choices = Counter(
             "loraplex_router_choices", "Adapters chosen by routers ('' = fell back to the base model)",
@@ -135,6 +144,7 @@ class Metrics:
         r.register(_ScrapeTime(pool_stats, state, adapter_stats, adapters_pinned))
 
     def _drop_adapter_series(self, name: str) -> None:
-        for family in (self.adapter_requests, self.adapter_generation_tokens):
+        for family in (self.adapter_requests, self.adapter_generation_tokens, self.prefix_queried_tokens,
+                       self.prefix_hit_tokens):
             with suppress(KeyError):
                 family.remove(name)

@@ -119,10 +119,22 @@ class ChatCompletionRequest(SamplingRequest):
 # responses
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0  # no reasoning models here: always 0
+    accepted_prediction_tokens: int = 0  # no predicted outputs: always 0
+    rejected_prediction_tokens: int = 0
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class CompletionLogprobs(BaseModel):

@@ -23,15 +23,23 @@ class RequestStats:
     first_token: float | None = None
     queue_s: float | None = None
     seqs: dict[int, _SeqTimes] = field(default_factory=dict)  # by choice index
+    cached: dict[int, int] = field(default_factory=dict)  # prompt tokens from the prefix cache, by first choice
     _reported: bool = False
 
     @property
     def completion_tokens(self) -> int:
         return sum(s.tokens for s in self.seqs.values())
 
+    @property
+    def cached_tokens(self) -> int:
+        """Cached prompt tokens, once per prompt (as prompt_tokens): its first choice's hit."""
+        return sum(self.cached.values())
+
     def on_delta(self, choice: int, delta: SequenceDelta) -> None:
         if self.queue_s is None and delta.queue_s is not None:
             self.queue_s = delta.queue_s
+        if delta.index == 0 and delta.num_cached_tokens is not None:
+            self.cached[choice] = delta.num_cached_tokens
         if not delta.token_ids:
             return
         now = time.monotonic()
@@ -55,6 +63,9 @@ class RequestStats:
         m.prompt_tokens.inc(self.prompt_tokens)
         m.generation_tokens.inc(self.completion_tokens)
         m.adapter_generation_tokens.labels(label).inc(self.completion_tokens)
+        if self.cached:  # the prompts were looked up in the prefix cache
+            m.prefix_queried_tokens.labels(label).inc(self.prompt_tokens)
+            m.prefix_hit_tokens.labels(label).inc(self.cached_tokens)
         if not completed:
             return
         end = max((s.last for s in self.seqs.values()), default=time.monotonic())

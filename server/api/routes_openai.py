@@ -22,8 +22,10 @@ from server.api.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    CompletionTokensDetails,
     ModelInfo,
     ModelList,
+    PromptTokensDetails,
     Usage,
 )
 from server.api.render import ChatRenderer, ChoiceState, CompletionRenderer
@@ -224,4 +226,8 @@ async def _events(gen: Generation, renderer: Renderer) -> AsyncIterator[str]:
 
 def _usage(stats: RequestStats) -> Usage:
     done = stats.completion_tokens
-    return Usage(prompt_tokens=stats.prompt_tokens, completion_tokens=done, total_tokens=stats.prompt_tokens + done)
+    return Usage(
+        prompt_tokens=stats.prompt_tokens, completion_tokens=done, total_tokens=stats.prompt_tokens + done,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=stats.cached_tokens),
+        completion_tokens_details=CompletionTokensDetails(),
+    )

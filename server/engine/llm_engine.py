@@ -13,6 +13,7 @@ from server.adapters.manager import AdapterManager
 from server.adapters.registry import AdapterRegistry
 from server.config import EngineConfig
 from server.engine.faults import Faults
+from server.engine.lora_identity import lora_identity
 from server.engine.model_runner import ModelRunner
 from server.engine.output_processor import OutputProcessor
 from server.engine.outputs import SequenceDelta
@@ -22,6 +23,7 @@ from server.engine.sequence import SeqStatus, Sequence, TokenRouting
 from server.memory.adapter_pages import AdapterPages, pack
 from server.memory.block_manager import BlockManager, blocks_for
 from server.memory.device_pool import DevicePool
+from server.memory.prefix_cache import PrefixCache
 from server.model.llama import LlamaForCausalLM, head_dim
 from server.model.loader import Checkpoint, build_model, resolve_checkpoint
 
@@ -40,9 +42,9 @@ class EngineRequest:
     params: SamplingParams
     adapter: str | None = None  # None = the base model
     mixture: tuple[tuple[str, float], ...] = ()  # instead of `adapter`: the weighted sum of these adapters' deltas
+    grammar: object | None = None  # a compiled structured.Grammar: each sequence gets its own matcher
     # with a mixture: its adapters are candidates that every token routes among (Arrow), its weights unused
     routing: TokenRouting | None = None
-    grammar: object | None = None  # a compiled structured.Grammar: each sequence gets its own matcher
 
     def lora(self) -> tuple[tuple[str, float], ...]:
         """(adapter name, weight) pairs; () = the base model."""
@@ -87,9 +89,11 @@ class LLMEngine:
             self.registry, AdapterPages(self.pool.book, self.pool.page_elems), self.pool.pages.view(-1),
             mc.num_hidden_layers,
         )
+        # after the adapters' pages: the pool's reclaimers, whose idle things it evicts in one LRU order
+        self.prefix_cache = PrefixCache(self.pool.book, config.block_size) if config.prefix_caching else None
         self.scheduler = Scheduler(
             SchedulerConfig(config.max_num_seqs, config.max_batch_tokens),
-            BlockManager(self.pool.book, config.block_size),
+            BlockManager(self.pool.book, config.block_size, self.prefix_cache),
             self.adapters,
         )
         self.runner = ModelRunner(model, self.pool, self.adapters, eos_ids=_eos_ids(checkpoint))
@@ -160,15 +164,19 @@ class LLMEngine:
     def add_request(self, req: EngineRequest) -> None:
         self.check_request(req)
         now = time.monotonic()
-        lora = []
+        lora, refs = [], []
         for name, weight in req.lora():
             ref = self.adapters.resolve(name)
             self.adapters.hold(ref, req.params.n)
             lora.append((ref.id, float(weight)))
+            refs.append((ref, float(weight)))
+        identity = lora_identity(refs)
+        if req.routing is not None:  # the same candidates mixed per token make other KV than as a fixed mixture
+            identity = ("arrow-token", req.routing.top_k, req.routing.temperature, identity)
         seqs = []
         for i in range(req.params.n):
             seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, tuple(lora),
-                           routing=req.routing)
+                           lora_identity=identity, routing=req.routing)
             if req.params.seed is not None:
                 self.runner.generators[seq.seq_id] = torch.Generator().manual_seed(req.params.seed + i)
             seq.grammar = req.grammar.matcher() if req.grammar is not None else None

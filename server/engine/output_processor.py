@@ -85,5 +85,6 @@ class OutputProcessor:
             error=error,
             error_code=error_code,
             queue_s=None if seq.first_scheduled is None else seq.first_scheduled - seq.arrival,
+            num_cached_tokens=seq.num_cached_tokens,
             prompt_logprobs=prompt_logprobs,
         )

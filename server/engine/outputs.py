@@ -25,5 +25,6 @@ class SequenceDelta:
     error: str | None = None  # set with finish_reason == "error"
     error_code: str | None = None  # "adapter_load_failed" (the request's adapter is broken) | "internal_error"
     queue_s: float | None = None  # seconds from arrival to its first scheduled chunk (None: not yet)
+    num_cached_tokens: int | None = None  # prompt tokens served from the prefix cache (None: not looked up)
     # with the first delta, when asked for: one per prompt token, None for the first (nothing predicts it)
     prompt_logprobs: list[TokenLogprob | None] | None = None

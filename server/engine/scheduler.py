@@ -4,6 +4,13 @@ Every step: running sequences first (oldest first: decodes and unfinished prefil
 waiting ones while seats, tokens and pages last. When a running sequence needs a page and none is
 free, the newest running sequence is preempted: its pages are freed and it goes back to the front
 of the queue to be recomputed later. Requests are never dropped or duplicated.
+
+With a prefix cache (server/memory/prefix_cache.py) a sequence joining the batch first looks up
+its tokens under its LoRA identity: it starts with num_computed at the end of the longest cached
+chain and a block table whose first pages are those shared blocks, so only new pages and uncomputed
+tokens count against the step's budget. Full blocks are registered as soon as they are computed
+(advance), so sequences side by side share them. Sequences that want prompt logprobs skip the
+look-up: they need every prompt position's logits.
 """
 
 from collections import deque
@@ -11,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.engine.sequence import SeqStatus, Sequence
-from server.memory.block_manager import BlockManager
+from server.memory.block_manager import BlockManager, blocks_for
 
 
 class AdapterAdmission(Protocol):
@@ -99,7 +106,6 @@ class Scheduler:
             return out
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
-            n = min(seq.num_tokens - seq.num_computed, budget)
             try:
                 if not self._acquire_adapter(seq):
                     break
@@ -107,15 +113,60 @@ class Scheduler:
                 self.finish(seq, "error")
                 out.failed.append((seq, str(e)))
                 continue
-            if not self.blocks.can_grow(seq.block_table, seq.num_computed + n):
+            hit = self._lookup(seq)  # after the adapter: pinning it may have evicted cached blocks
+            computed = len(hit) * self.blocks.block_size
+            n = min(seq.num_tokens - computed, budget)
+            if not self._room_for(hit, computed + n):
                 self._release_adapter(seq)
                 break
             self.waiting.popleft()
+            self._start_from(seq, hit)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
             self._place(out, seq, n)
             budget -= n
         return out
+
+    def _lookup(self, seq: Sequence) -> list[tuple[int, int]]:
+        """The cached chain this sequence may start from: [(page, block hash)]."""
+        cache = self.blocks.prefix_cache
+        if cache is None or getattr(seq.params, "prompt_logprobs", None) is not None:
+            return []
+        assert not seq.block_table and seq.num_computed == 0, "a waiting sequence holds no pages"
+        bs = self.blocks.block_size
+        max_blocks = (seq.num_tokens - 1) // bs  # leave at least one token to compute: its logits are sampled
+        return cache.match(seq.tokens(0, max_blocks * bs), seq.lora_identity, max_blocks)
+
+    def _room_for(self, hit: list[tuple[int, int]], num_tokens: int) -> bool:
+        """Pages for num_tokens beyond the hit pages, not counting hit pages that are idle (taking them)."""
+        pages = [p for p, _ in hit]
+        new = blocks_for(num_tokens, self.blocks.block_size) - len(pages)
+        taken = self.blocks.prefix_cache.num_idle(pages) if pages else 0
+        return new <= self.blocks.pool.num_available() - taken
+
+    def _start_from(self, seq: Sequence, hit: list[tuple[int, int]]) -> None:
+        cache = self.blocks.prefix_cache
+        looked_up = cache is not None and getattr(seq.params, "prompt_logprobs", None) is None
+        if looked_up and seq.num_cached_tokens is None:  # its first admission: what the request reports
+            seq.num_cached_tokens = min(len(hit) * self.blocks.block_size, len(seq.prompt_ids))
+            cache.record_query(len(seq.prompt_ids), seq.num_cached_tokens)
+        if not hit:
+            return
+        pages = [p for p, _ in hit]
+        self.blocks.prefix_cache.take(pages)
+        seq.block_table = pages
+        seq.block_hashes = [h for _, h in hit]
+        seq.num_computed = len(hit) * self.blocks.block_size
+
+    def _register_full_blocks(self, seq: Sequence) -> None:
+        cache, bs = self.blocks.prefix_cache, self.blocks.block_size
+        for i in range(len(seq.block_hashes), seq.num_computed // bs):
+            parent = seq.block_hashes[-1] if seq.block_hashes else None
+            got = cache.register(seq.block_table[i], parent, seq.tokens(i * bs, (i + 1) * bs), seq.lora_identity)
+            if got is None:  # a hash collision: this block and the rest stay private
+                return
+            seq.block_hashes.append(got[0])
+            seq.block_table[i] = got[1]
 
     def _place(self, out: SchedulerOutput, seq: Sequence, n: int) -> None:
         self.blocks.grow(seq.block_table, seq.num_computed + n)
@@ -147,6 +198,7 @@ class Scheduler:
         self.running.remove(seq)
         self._release_adapter(seq)
         self.blocks.release(seq.block_table)
+        seq.block_hashes.clear()
         seq.num_computed = 0
         seq.num_preemptions += 1
         self.num_preemptions += 1
@@ -157,6 +209,8 @@ class Scheduler:
         """The step ran: count its tokens as computed."""
         for chunk in out.chunks:
             chunk.seq.num_computed = chunk.start + chunk.num_tokens
+            if self.blocks.prefix_cache is not None:
+                self._register_full_blocks(chunk.seq)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Leave the batch (finished or aborted); its pages go back to the pool at once."""
@@ -166,5 +220,6 @@ class Scheduler:
         elif seq.status is SeqStatus.WAITING:
             self.waiting.remove(seq)
         self.blocks.release(seq.block_table)
+        seq.block_hashes.clear()
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason

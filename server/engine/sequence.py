@@ -1,5 +1,6 @@
 """One generated sequence: a counter of computed tokens chasing the token count. No torch here."""
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -39,8 +40,12 @@ class Sequence:
     num_preemptions: int = 0
     finish_reason: str | None = None
     first_scheduled: float | None = None  # monotonic seconds of its first scheduled chunk
-    routing: TokenRouting | None = None  # None: `lora` is applied with its weights; else its adapters route per token
     grammar: object | None = None  # its place in a structured-output grammar (server/structured), or None
+    routing: TokenRouting | None = None  # None: `lora` is applied with its weights; else its adapters route per token
+    # prefix caching: the content identity of its LoRA math (server/engine/lora_identity.py; () = base)
+    lora_identity: Hashable = ()
+    block_hashes: list[int] = field(default_factory=list)  # hash chain of its table's first full computed blocks
+    num_cached_tokens: int | None = None  # prompt tokens found cached at its first admission (None: not looked up)
 
     @property
     def adapter_ids(self) -> tuple[int, ...]:

@@ -4,7 +4,9 @@ An adapter's tensors (what its format pages in per targeted module of each layer
 also its per-channel scale) are packed into whole pages
 so that no tensor crosses a page boundary: every tensor is then one contiguous run of the pool,
 which kernels read through its offset. Adapters used by a running sequence are pinned and never
-evicted; idle ones are evicted least-recently-used when KV blocks or other adapters need pages.
+evicted; idle ones are evicted when KV blocks or other adapters need pages, in the pool's one LRU
+order across idle adapters and idle cached KV blocks (page_pool.py): an adapter's last use is when
+its last running sequence released it.
 """
 
 from collections import OrderedDict
@@ -50,15 +52,18 @@ def pack(sizes: dict[TensorKey, int], page_elems: int) -> tuple[int, dict[Tensor
 class _Resident:
     placement: Placement
     pins: int = 0
+    last_use: int = 0  # the pool's tick when it was last acquired or released
 
 
 class AdapterPages:
+    owner = ADAPTER
+
     def __init__(self, pool: PagePool, page_elems: int):
         self.pool = pool
         self.page_elems = page_elems
         self._resident: OrderedDict[int, _Resident] = OrderedDict()  # adapter id -> placement, LRU first
         self.stats = ResidencyStats()
-        pool.reclaimer = self
+        pool.add_reclaimer(self)
 
     def is_resident(self, adapter_id: int) -> bool:
         return adapter_id in self._resident
@@ -73,17 +78,29 @@ class AdapterPages:
     def reclaimable(self) -> int:
         return sum(len(r.placement.pages) for r in self._resident.values() if r.pins == 0)
 
+    def _idle_lru(self) -> int | None:
+        idle = [(r.last_use, a) for a, r in self._resident.items() if r.pins == 0]
+        return min(idle)[1] if idle else None
+
+    def oldest(self) -> int | None:
+        adapter_id = self._idle_lru()
+        return None if adapter_id is None else self._resident[adapter_id].last_use
+
+    def evict_oldest(self) -> int:
+        adapter_id = self._idle_lru()
+        if adapter_id is None:
+            return 0
+        res = self._resident.pop(adapter_id)
+        self.pool.free(res.placement.pages)
+        self.stats.evictions += 1
+        self._sync_stats()
+        return len(res.placement.pages)
+
     def evict_idle(self, pages_wanted: int) -> int:
         """Evict idle adapters, least recently used first, until pages_wanted are freed; pages freed."""
         freed = 0
-        for adapter_id in [a for a, r in self._resident.items() if r.pins == 0]:
-            if freed >= pages_wanted:
-                break
-            res = self._resident.pop(adapter_id)
-            self.pool.free(res.placement.pages)
-            freed += len(res.placement.pages)
-            self.stats.evictions += 1
-        self._sync_stats()
+        while freed < pages_wanted and (n := self.evict_oldest()):
+            freed += n
         return freed
 
     def acquire(self, adapter_id: int, sizes: dict[TensorKey, int]) -> tuple[Placement, bool] | None:
@@ -92,15 +109,16 @@ class AdapterPages:
         if res is not None:
             self._resident.move_to_end(adapter_id)
             res.pins += 1
+            res.last_use = self.pool.tick()
             self.stats.hits += 1
             return res.placement, False
         n_pages, where = pack(sizes, self.page_elems)
-        if n_pages > self.pool.num_free + self.reclaimable():
+        if n_pages > self.pool.num_available():
             return None
-        pages = self.pool.allocate(n_pages, ADAPTER)  # evicts idle adapters through the reclaimer
+        pages = self.pool.allocate(n_pages, ADAPTER)  # evicts idle adapters and cached KV blocks, LRU first
         offsets = {k: pages[p] * self.page_elems + off for k, (p, off) in where.items()}
         placement = Placement(pages, offsets)
-        self._resident[adapter_id] = _Resident(placement, pins=1)
+        self._resident[adapter_id] = _Resident(placement, pins=1, last_use=self.pool.tick())
         self.stats.loads += 1
         self._sync_stats()
         return placement, True
@@ -109,6 +127,7 @@ class AdapterPages:
         res = self._resident[adapter_id]
         assert res.pins > 0, f"adapter {adapter_id} released more often than acquired"
         res.pins -= 1
+        res.last_use = self.pool.tick()
 
     def drop(self, adapter_id: int) -> bool:
         """Free an idle adapter's pages now (unload); False if it is pinned."""

@@ -1,4 +1,10 @@
-"""The unified pool's bookkeeping: page ids handed to owners under one budget. No torch here."""
+"""The unified pool's bookkeeping: page ids handed to owners under one budget. No torch here.
+
+Idle things that hold pages (adapters no running sequence uses, cached KV blocks no running
+sequence holds) stay in the pool until pages are needed. Then the pool asks its reclaimers and
+evicts the least recently used idle thing first, whoever owns it: one LRU across adapters and KV
+blocks. "Use" is stamped by the pool's logical clock (tick), so the order is exact and testable.
+"""
 
 from collections import deque
 from dataclasses import dataclass
@@ -16,16 +22,27 @@ class OutOfPages(RuntimeError):
 class PoolStats:
     total: int
     free: int
-    kv: int
-    adapter: int
+    kv: int  # KV pages held by sequences (running, or their pages shared through the prefix cache)
+    adapter: int  # adapter pages, pinned or idle
+    cached: int = 0  # idle cached KV blocks: kept for reuse, evictable; free + kv + adapter + cached == total
 
 
 class Reclaimer(Protocol):
-    """Something holding pages it can give back on demand (idle adapters)."""
+    """Something holding idle pages it can give back on demand (idle adapters, idle cached KV blocks)."""
 
-    def reclaimable(self) -> int: ...
+    owner: str  # KV or ADAPTER: whose pages these are
 
-    def evict_idle(self, pages_wanted: int) -> int: ...
+    def reclaimable(self) -> int:
+        """Pages that evicting every idle thing would free."""
+        ...
+
+    def oldest(self) -> int | None:
+        """Last-use tick of what evict_oldest would evict next; None when nothing is idle."""
+        ...
+
+    def evict_oldest(self) -> int:
+        """Evict that one thing; the pages it freed."""
+        ...
 
 
 class PagePool:
@@ -38,19 +55,36 @@ class PagePool:
         self._free: deque[int] = deque(range(num_pages))
         self._owner: dict[int, str] = {}
         self._used = {KV: 0, ADAPTER: 0}
-        self.reclaimer: Reclaimer | None = None
+        self.reclaimers: list[Reclaimer] = []
+        self._clock = 0
+
+    def add_reclaimer(self, reclaimer: Reclaimer) -> None:
+        self.reclaimers.append(reclaimer)
+
+    def tick(self) -> int:
+        """The next value of the logical clock that orders last uses."""
+        self._clock += 1
+        return self._clock
 
     @property
     def num_free(self) -> int:
         return len(self._free)
 
     def num_available(self) -> int:
-        """Free pages plus those idle adapters would give back."""
-        return len(self._free) + (self.reclaimer.reclaimable() if self.reclaimer else 0)
+        """Free pages plus those idle adapters and idle cached KV blocks would give back."""
+        return len(self._free) + sum(r.reclaimable() for r in self.reclaimers)
+
+    def reclaim(self, n: int) -> None:
+        """Evict idle things, globally least recently used first, until n pages are free (or nothing is idle)."""
+        while len(self._free) < n:
+            ticks = [(t, i) for i, r in enumerate(self.reclaimers) if (t := r.oldest()) is not None]
+            if not ticks:
+                return
+            self.reclaimers[min(ticks)[1]].evict_oldest()
 
     def allocate(self, n: int, owner: str) -> list[int]:
-        if n > len(self._free) and self.reclaimer is not None:
-            self.reclaimer.evict_idle(n - len(self._free))
+        if n > len(self._free):
+            self.reclaim(n)
         if n > len(self._free):
             raise OutOfPages(f"asked for {n} pages, {len(self._free)} free")
         pages = [self._free.popleft() for _ in range(n)]
@@ -66,4 +100,5 @@ class PagePool:
             self._free.append(p)
 
     def stats(self) -> PoolStats:
-        return PoolStats(self.num_pages, len(self._free), self._used[KV], self._used[ADAPTER])
+        cached = sum(r.reclaimable() for r in self.reclaimers if r.owner == KV)
+        return PoolStats(self.num_pages, len(self._free), self._used[KV] - cached, self._used[ADAPTER], cached)

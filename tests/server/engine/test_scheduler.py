@@ -146,16 +146,16 @@ def test_adapters_and_kv_share_the_pool_without_loss_or_deadlock(seed):
     adapters = PoolAdapters(pool)
     sched = Scheduler(SchedulerConfig(6, 24), BlockManager(pool, 4), adapters)
     evicted_in_use = []
-    real_evict = adapters.pages.evict_idle
+    real_evict = adapters.pages.evict_oldest
 
-    def watching_evict(n):
+    def watching_evict():
         resident_before = {a for a in range(40) if adapters.pages.is_resident(a)}
-        freed = real_evict(n)
+        freed = real_evict()
         gone = {a for a in resident_before if not adapters.pages.is_resident(a)}
         evicted_in_use.extend(a for a in gone if adapters.in_use.get(a))
         return freed
 
-    adapters.pages.evict_idle = watching_evict
+    adapters.pages.evict_oldest = watching_evict
     seqs = []
     for i in range(40):
         s = seq(i, rng.randint(1, 10), rng.randint(1, 12))

@@ -34,9 +34,9 @@ def test_lru_eviction_skips_pinned_adapters():
     for a in (1, 2, 3, 4):
         ap.acquire(a, sizes(4, layers=1))  # 4 tensors of 32 elements: one page each
     assert ap.stats.resident == 4 and pool.num_free == 0
-    ap.release(2)
     ap.release(1)
-    assert ap.acquire(5, sizes(4, layers=1)) is not None  # 1 is the least recently used idle one
+    ap.release(2)
+    assert ap.acquire(5, sizes(4, layers=1)) is not None  # 1 is the least recently used idle one (released first)
     assert not ap.is_resident(1) and ap.is_resident(2) and ap.stats.evictions == 1
     assert ap.acquire(6, sizes(4, layers=1)) is not None  # evicts 2
     assert not ap.is_resident(2)
