@@ -1,6 +1,7 @@
 """Token masks for the constrained rows of a step: computed on a worker thread while the forward runs
 (xgrammar releases the GIL), joined and applied in one op before sampling. Other rows are untouched."""
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ class PendingMasks:
     rows: list[int]  # rows of the step's logits that are constrained
     bitmask: torch.Tensor  # (len(rows), ceil(V / 32)) int32, bit set = allowed
     done: Future
+    fill_s: float = 0.0  # seconds the worker spent filling (set when done), for benchmarks
 
 
 def start_masks(states: list[GrammarState | None]) -> PendingMasks | None:
@@ -29,10 +31,14 @@ def start_masks(states: list[GrammarState | None]) -> PendingMasks | None:
     bitmask = torch.zeros(len(rows), (vocab_size + 31) // 32, dtype=torch.int32)  # (R, W)
 
     def fill() -> None:
+        t0 = time.perf_counter()
         for j, i in enumerate(rows):
             states[i].fill(bitmask, j)
+        pending.fill_s = time.perf_counter() - t0
 
-    return PendingMasks(rows, bitmask, _worker.submit(fill))
+    pending = PendingMasks(rows, bitmask, Future())
+    pending.done = _worker.submit(fill)
+    return pending
 
 
 _BITS = torch.arange(32, dtype=torch.int32)
