@@ -72,8 +72,9 @@ BAD_CHATS = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
     ({"messages": [{"role": "user", "content": LONG_PROMPT}]}, "messages"),
     ({"top_logprobs": 2}, "top_logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "retrieval"}]}, "tools"),  # only function tools
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"guided_regex": "(("}, "guided_regex"),  # a grammar that cannot compile
     ({"max_completion_tokens": MAX_TOKENS_CAP + 1}, "max_tokens"),
 ]
 
