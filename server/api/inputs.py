@@ -7,6 +7,7 @@ from transformers import PreTrainedTokenizerBase
 from server.api.errors import BadRequest
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from server.api.tool_format import chat_template_inputs
+from server.api.sampling_fields import penalty_fields, prompt_logprobs_asked
 from server.engine.llm_engine import EngineRequest
 from server.engine.sampling_params import SamplingParams
 
@@ -48,6 +49,8 @@ def check_response_size(reqs: list[EngineRequest], limits: Limits) -> None:
     """max_tokens x sequences x (1 + top logprobs): what the response would hold at most."""
     entries = sum(r.params.max_tokens * r.params.n * (1 + r.params.logprobs) for r in reqs
                   if r.params.logprobs is not None)
+    entries += sum(len(r.prompt_ids) * r.params.n * (1 + r.params.prompt_logprobs) for r in reqs
+                   if r.params.prompt_logprobs is not None)
     if entries > limits.max_logprob_entries:
         raise BadRequest(f"max_tokens x n x (1 + top logprobs) over all prompts is {entries}; this server allows "
                          f"at most {limits.max_logprob_entries} (--max-logprob-entries): lower max_tokens, n or "
@@ -60,18 +63,22 @@ def completion_requests(
 ) -> list[EngineRequest]:
     """One engine request per prompt; choice i*n+j of the response is sequence j of prompt i."""
     _refuse_unsupported(body)
-    if body.echo:
-        raise BadRequest("echo is not supported", param="echo")
     if body.suffix:
         raise BadRequest("suffix is not supported", param="suffix")
-    if body.best_of is not None and body.best_of != body.n:
-        raise BadRequest("best_of other than n is not supported", param="best_of")
+    if body.best_of is not None and body.best_of != body.n:  # vLLM V1 dropped it too: it cannot stream
+        raise BadRequest("best_of other than n is not supported: ask for n choices with logprobs and rank them",
+                         param="best_of")
+    if body.max_tokens == 0 and not body.echo:
+        raise BadRequest("max_tokens must be at least 1 (0 only with echo: the prompt alone)", param="max_tokens")
     check_shape(body, _num_prompts(body.prompt), limits)
     prompts = _prompt_ids(body.prompt, tokenizer)
+    # echo with max_tokens 0: one token is generated and left out of the response, as vLLM does
+    asked = 1 if body.max_tokens == 0 else body.max_tokens
     reqs = [
         EngineRequest(
             f"{request_id}-{i}", ids,
-            _sampling(body, body.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, len(ids), limits, body.logprobs, "prompt"),
+            _sampling(body, asked, COMPLETIONS_DEFAULT_MAX_TOKENS, len(ids), limits, body.logprobs, "prompt",
+                      prompt_logprobs_asked(body)),
             adapter,
         )
         for i, ids in enumerate(prompts)
@@ -121,16 +128,17 @@ def _prompt_ids(prompt: str | list[str] | list[int] | list[list[int]], tokenizer
 
 
 def _refuse_unsupported(body: SamplingRequest) -> None:
-    for name in ("presence_penalty", "frequency_penalty"):
-        if getattr(body, name) != 0:
-            raise BadRequest(f"{name} is not supported", param=name)
-    if body.logit_bias:
-        raise BadRequest("logit_bias is not supported", param="logit_bias")
+    if isinstance(body, ChatCompletionRequest):  # a chat prompt is the template's text, not the client's
+        if body.echo:
+            raise BadRequest("echo is not supported on /v1/chat/completions; use /v1/completions", param="echo")
+        if body.prompt_logprobs is not None:
+            raise BadRequest("prompt_logprobs is not supported on /v1/chat/completions; use /v1/completions",
+                             param="prompt_logprobs")
 
 
 def _sampling(
     body: SamplingRequest, asked: int | None, default: int, prompt_len: int, limits: Limits,
-    logprobs: int | None, prompt_param: str,
+    logprobs: int | None, prompt_param: str, prompt_logprobs: int | None = None,
 ) -> SamplingParams:
     room = limits.max_model_len - prompt_len
     if room <= 0:
@@ -164,6 +172,9 @@ def _sampling(
             stop=stop,
             ignore_eos=body.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            **penalty_fields(body),
         )
-    except ValueError as e:
-        raise BadRequest(str(e)) from e
+    except ValueError as e:  # its messages open with the field's name
+        name = str(e).split(" ", 1)[0]
+        raise BadRequest(str(e), param=name if name in SamplingParams.__dataclass_fields__ else None) from e

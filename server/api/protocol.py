@@ -6,11 +6,13 @@ input is a 400, never a 500. Fields we accept but cannot honour are refused in i
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 TOKEN_ID_MAX = 2**31 - 1  # ids past the vocabulary are refused later, with the vocabulary's size
 TokenIds = Annotated[list[Annotated[int, Field(ge=0, le=TOKEN_ID_MAX)]], Field(min_length=1)]
 MAX_N = 128  # OpenAI's limit on choices per request
+MAX_LOGIT_BIAS = 1024  # entries in logit_bias
+MAX_STOP_TOKEN_IDS = 256
 SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1 - MAX_N  # per-choice seeds are seed + index, kept in int64
 
 
@@ -64,7 +66,23 @@ class SamplingRequest(_Body):
     ignore_eos: bool = Field(False, description="extension: keep generating past end-of-sequence")
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, max_length=MAX_LOGIT_BIAS, description="token id (a decimal string) -> bias added to its logit"
+    )
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="extension (vLLM): >1 discourages repeats")
+    min_p: float = Field(0.0, ge=0, le=1, description="extension (vLLM)")
+    min_tokens: int = Field(0, ge=0, description="extension (vLLM): no end-of-sequence before this many tokens")
+    stop_token_ids: list[Annotated[int, Field(ge=0, le=TOKEN_ID_MAX)]] | None = Field(
+        None, max_length=MAX_STOP_TOKEN_IDS, description="extension (vLLM)"
+    )
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_id_keys(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        for key in bias or {}:
+            if not (key.isascii() and key.isdigit() and len(key) <= 10):
+                raise ValueError(f"keys are token ids as decimal strings, not {key[:20]!r}")
+        return bias
 
     # structured outputs: OpenAI's response_format, and vLLM's fields so its users' bodies work unchanged
     response_format: dict[str, Any] | None = None
@@ -81,8 +99,10 @@ class SamplingRequest(_Body):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
+    max_tokens: int | None = Field(None, ge=0, description="0 only with echo: the prompt alone")
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=20, description="extension (vLLM)")
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=MAX_N)
 
@@ -110,6 +130,8 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
+    echo: bool = False  # refused: the prompt is the chat template's text, not the client's
+    prompt_logprobs: int | None = None  # refused: use /v1/completions
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -139,9 +161,15 @@ class Usage(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]  # None: the first prompt token of an echo (nothing predicts it)
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]  # character offset of each token in the choice's text
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int | None = None  # 1 = the most likely token at that position
+    decoded_token: str | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -149,6 +177,7 @@ class CompletionChoice(BaseModel):
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = None  # vLLM's extension: token id -> entry
 
 
 class CompletionResponse(BaseModel):

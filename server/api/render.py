@@ -19,9 +19,11 @@ from server.api.protocol import (
     CompletionChoice,
     CompletionLogprobs,
     CompletionResponse,
+    PromptLogprob,
     TopLogprob,
     Usage,
 )
+from server.api.echo import Echo
 from server.api.sse import sse
 from server.engine.outputs import SequenceDelta, TokenLogprob
 
@@ -33,10 +35,13 @@ class ChoiceState:
     text: list[str] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     def add(self, delta: SequenceDelta) -> None:
         self.text.append(delta.text)
         self.logprobs += delta.logprobs or []
+        if delta.prompt_logprobs is not None:
+            self.prompt_logprobs = delta.prompt_logprobs
         if delta.finish_reason is not None:
             self.finish_reason = delta.finish_reason
 
@@ -73,43 +78,69 @@ class _Renderer:
 class CompletionRenderer(_Renderer):
     OBJECT = "text_completion"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, echo: Echo | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.echo = echo
         self._offsets: dict[int, int] = {}  # choice -> characters of token text sent so far
+        self._opened: set[int] = set()  # choices whose prompt (echo) went out
 
-    def _logprobs(self, choice: int, lps: list[TokenLogprob]) -> CompletionLogprobs:
-        tokens = [self.token(lp.token_id) for lp in lps]
+    def _logprobs(self, choice: int, lps: list[tuple[int, TokenLogprob | None]]) -> CompletionLogprobs:
+        """(token id, its logprob or None for the prompt's first token) -> OpenAI's parallel lists."""
+        tokens = [self.token(t) for t, _ in lps]
         offsets, at = [], self._offsets.get(choice, 0)
         for t in tokens:
             offsets.append(at)
             at += len(t)
         self._offsets[choice] = at
-        tops = [{**{self.token(t): v for t, v in lp.top}, self.token(lp.token_id): lp.logprob} for lp in lps]
-        return CompletionLogprobs(
-            tokens=tokens, token_logprobs=[lp.logprob for lp in lps], top_logprobs=tops, text_offset=offsets
+        tops = [None if lp is None else {**{self.token(t): v for t, v in lp.top}, self.token(t): lp.logprob}
+                for t, lp in lps]
+        return CompletionLogprobs(tokens=tokens, token_logprobs=[None if lp is None else lp.logprob for _, lp in lps],
+                                  top_logprobs=tops, text_offset=offsets)
+
+    def _vllm_prompt_logprobs(self, lps: list[TokenLogprob | None]) -> list[dict[str, PromptLogprob] | None]:
+        def entry(lp: TokenLogprob) -> dict[str, PromptLogprob]:
+            top = {str(t): PromptLogprob(logprob=v, rank=r, decoded_token=self.token(t))
+                   for r, (t, v) in enumerate(lp.top, 1)}
+            return {str(lp.token_id): PromptLogprob(logprob=lp.logprob, rank=lp.rank,
+                                                    decoded_token=self.token(lp.token_id)), **top}
+
+        return [None if lp is None else entry(lp) for lp in lps]
+
+    def _choice(self, choice: int, text: str, lps: list[TokenLogprob], prompt_lps: list[TokenLogprob | None] | None,
+                finish_reason: str | None) -> CompletionChoice:
+        """One choice's text and logprobs: the prompt first (echo) the first time, then what was generated."""
+        e, entries, opening = self.echo, [], choice not in self._opened
+        if e is not None and e.only:
+            text, lps, finish_reason = "", [], finish_reason and "length"
+        if e is not None and e.prompts is not None and opening:
+            self._opened.add(choice)
+            text = e.prompts[choice // e.n] + text
+            if e.logprobs and prompt_lps is not None:  # None only when the choice ended before its first token
+                entries = list(zip(e.prompt_ids[choice // e.n], prompt_lps, strict=True))
+        entries += [(lp.token_id, lp) for lp in lps]
+        return CompletionChoice(
+            index=choice, text=text, finish_reason=finish_reason,
+            logprobs=self._logprobs(choice, entries) if self.want_logprobs else None,
+            prompt_logprobs=self._vllm_prompt_logprobs(prompt_lps)
+            if e is not None and e.vllm_prompt_logprobs and prompt_lps is not None else None,
         )
 
     def chunks(self, choice: int, delta: SequenceDelta) -> list[str]:
         out = []
-        if delta.text or delta.logprobs:
-            lp = self._logprobs(choice, delta.logprobs or []) if self.want_logprobs else None
-            body = CompletionChoice(index=choice, text=delta.text, logprobs=lp)
+        body = self._choice(choice, delta.text, delta.logprobs or [], delta.prompt_logprobs, None)
+        if body.text or (body.logprobs and body.logprobs.tokens) or body.prompt_logprobs:
             out.append(sse(self._envelope(self.OBJECT, [body.model_dump()])))
         if delta.finish_reason is not None:
-            body = CompletionChoice(index=choice, text="", finish_reason=delta.finish_reason)
+            reason = "length" if self.echo is not None and self.echo.only else delta.finish_reason
+            body = CompletionChoice(index=choice, text="", finish_reason=reason)
             out.append(sse(self._envelope(self.OBJECT, [body.model_dump()])))
         return out
 
     def response(self, choices: dict[int, ChoiceState], usage: Usage) -> CompletionResponse:
         return CompletionResponse(
             id=self.request_id, created=self.created, model=self.model, usage=usage,
-            choices=[
-                CompletionChoice(
-                    index=i, text="".join(c.text), finish_reason=c.finish_reason,
-                    logprobs=self._logprobs(i, c.logprobs) if self.want_logprobs else None,
-                )
-                for i, c in sorted(choices.items())
-            ],
+            choices=[self._choice(i, "".join(c.text), c.logprobs, c.prompt_logprobs, c.finish_reason)
+                     for i, c in sorted(choices.items())],
         )
 
 

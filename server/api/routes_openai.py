@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from router.decision import RouteDecision
 from server import header_names
 from server.api.context import ServerContext
+from server.api.echo import Echo
 from server.api.errors import APIError, BadRequest, InternalError, NotFound, ServiceUnavailable, error_body
 from server.api.generation import ClientGone, Generation, unless_disconnected
 from server.api.inputs import chat_request, completion_requests
@@ -72,7 +73,8 @@ def openai_routes(ctx: ServerContext) -> APIRouter:
         reqs = completion_requests(body, tokenizer, ctx.limits, rid, adapter)
         await attach_grammar(ctx.grammars, body, reqs)
         renderer = CompletionRenderer(
-            rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs is not None
+            rid, int(time.time()), body.model, tokenizer, body.include_usage, body.logprobs is not None,
+            echo=Echo.of(body, [r.prompt_ids for r in reqs], tokenizer),
         )
         # a router chooses once per request, on its first prompt
         route = (router_name, lambda: tokenizer.decode(reqs[0].prompt_ids, skip_special_tokens=True))

@@ -27,13 +27,15 @@ def prompt_logprobs(
         tgt = torch.tensor(targets[s : s + block], device=hidden.device)  # (b,)
         rows = hidden[first_row + s : first_row + s + len(tgt)]  # (b, D)
         logp = torch.log_softmax(logits(rows).float(), dim=-1)  # (b, V)
-        chosen = logp.gather(1, tgt[:, None]).squeeze(1).tolist()  # (b,)
+        chosen_t = logp.gather(1, tgt[:, None])  # (b, 1)
+        ranks = ((logp > chosen_t).sum(-1) + 1).tolist()  # (b,)
+        chosen = chosen_t.squeeze(1).tolist()
         if k:
             top_vals, top_ids = (t.tolist() for t in logp.topk(k, dim=-1))  # (b, k)
         else:
             top_vals = top_ids = [[] for _ in chosen]
         out += [
-            TokenLogprob(t, c, list(zip(ids, vals, strict=True)))
-            for t, c, ids, vals in zip(tgt.tolist(), chosen, top_ids, top_vals, strict=True)
+            TokenLogprob(t, c, list(zip(ids, vals, strict=True)), r)
+            for t, c, ids, vals, r in zip(tgt.tolist(), chosen, top_ids, top_vals, ranks, strict=True)
         ]
     return out

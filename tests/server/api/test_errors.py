@@ -43,10 +43,19 @@ BAD_COMPLETIONS = [
     ({"seed": 2**70}, "seed"),
     ({"stop": [""]}, None),
     ({"stop": 5}, "stop"),
-    ({"echo": True}, "echo"),
     ({"best_of": 3}, "best_of"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
-    ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"frequency_penalty": -3}, "frequency_penalty"),
+    ({"repetition_penalty": 0}, "repetition_penalty"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"min_tokens": 5, "max_tokens": 2}, "min_tokens"),
+    ({"logit_bias": {"42": 101}}, "logit_bias"),
+    ({"logit_bias": {"forty": 1}}, "logit_bias"),
+    ({"logit_bias": {"99999999": 1}}, None),  # past the vocabulary
+    ({"stop_token_ids": [-1]}, "stop_token_ids"),
+    ({"stop_token_ids": [10**8]}, None),
+    ({"prompt_logprobs": 21}, "prompt_logprobs"),
+    ({"max_tokens": 0, "logprobs": 1}, "max_tokens"),  # 0 only with echo
     ({"prompt": []}, "prompt"),
     ({"prompt": [[]]}, "prompt"),
     ({"prompt": [1, -5]}, "prompt"),
@@ -72,6 +81,8 @@ BAD_CHATS = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, None),
     ({"messages": [{"role": "user", "content": LONG_PROMPT}]}, "messages"),
     ({"top_logprobs": 2}, "top_logprobs"),
+    ({"echo": True}, "echo"),
+    ({"prompt_logprobs": 1}, "prompt_logprobs"),
     ({"tools": [{"type": "retrieval"}]}, "tools"),  # only function tools
     ({"response_format": {"type": "xml"}}, "response_format"),
     ({"guided_regex": "(("}, "guided_regex"),  # a grammar that cannot compile
