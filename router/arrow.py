@@ -12,18 +12,23 @@ per-token softmax over the adapters sharing a module does no better when adapter
 modules). So each adapter's score is its raw score over its raw score on a fixed set of generic,
 task-free prompts (NEUTRAL_PROMPTS), measured once when it registers: "how much more than on any
 text". That stays zero-shot (no task data) and routes 200/200 held-out demo prompts. The top-k
-scores become mixture weights through a softmax at `temperature`; a top score under `threshold`
-(1 = like generic text) falls back.
+scores become mixture weights through a softmax at `temperature`.
+
+Fallback to the base (fallback=generic, the default): calibration also keeps the spread of each
+adapter's scores over the generic prompts, and the top adapter must sit z standard deviations above
+its own generic mean, z the one-sided normal quantile at level alpha = 0.05 over n competing adapters
+(2.24 for 4, 2.39 for 6). Nothing in it is fitted to an adapter set: a fixed score threshold (1.25,
+fallback=threshold, the rule before) was fitted to the demo adapters and sent right answers from other
+adapters to the base.
 """
 
+import statistics
 from dataclasses import dataclass
 
 import torch
 
+from router.contract import AdapterInfo, Features, Key, RouteQuery, TaskRouter
 from router.decision import RouteDecision
-
-Key = tuple[int, str]  # (layer, module name)
-Features = dict[Key, torch.Tensor]  # (layer, module) -> the base model's input to that projection (T, in)
 
 NEUTRAL_PROMPTS = (  # generic requests of no one task: the reference each adapter's score is measured against
     "The weather today is mild with a light breeze from the west.",
@@ -37,36 +42,49 @@ NEUTRAL_PROMPTS = (  # generic requests of no one task: the reference each adapt
 )
 
 
+FALLBACKS = ("generic", "threshold", "off")
+
+
 @dataclass(frozen=True, slots=True)
 class ArrowOptions:
     top_k: int = 1
     temperature: float = 0.1  # of the softmax over the top-k scores that gives mixture weights
-    threshold: float = 1.25  # on the top adapter's score (raw over generic-text raw); 0 never falls back
+    # when the base serves instead: "generic" (the top adapter's raw score is not `alpha`-significantly
+    # above its own scores on generic text; see confident()), "threshold" (its score is under `threshold`), "off"
+    fallback: str = "generic"
+    alpha: float = 0.05  # for fallback=generic: the chance that an off-task prompt is routed anyway
+    threshold: float = 1.25  # for fallback=threshold: on the top score (raw over generic-text raw)
     max_tokens: int = 256  # the prompt's first tokens are scored, so a long prompt costs a bounded pass
 
     @classmethod
     def parse(cls, spec: str) -> "ArrowOptions":
         """'top_k=2,temperature=0.1,threshold=0.3' (any subset) -> options; ValueError names a bad key."""
         kw: dict = {}
+        defaults = cls()
         for item in filter(None, (s.strip() for s in spec.split(","))):
             key, sep, value = item.partition("=")
             if not sep or key not in cls.__dataclass_fields__:
                 raise ValueError(f"arrow option {item!r}: expected KEY=VALUE with KEY in "
                                  f"{', '.join(cls.__dataclass_fields__)}")
-            kw[key] = int(value) if key in ("top_k", "max_tokens") else float(value)
+            kw[key] = type(getattr(defaults, key))(value)  # each option's type is its default's
         opts = cls(**kw)
-        if opts.top_k < 1 or opts.temperature <= 0 or opts.max_tokens < 1:
+        if (opts.top_k < 1 or opts.temperature <= 0 or opts.max_tokens < 1 or opts.fallback not in FALLBACKS
+                or not 0 < opts.alpha < 1):
             raise ValueError(f"arrow options out of range: {opts}")
         return opts
 
 
-class ArrowRouter:
+class ArrowRouter(TaskRouter):
+    needs = "features"
+    calibration_prompts = NEUTRAL_PROMPTS
+
     def __init__(self, name: str, options: ArrowOptions = ArrowOptions(), default: str | None = None):
         self.name = name
         self.options = options
         self.default = default
         self._protos: dict[str, dict[Key, torch.Tensor]] = {}  # adapter -> key -> v (in,) unit
-        self._baseline: dict[str, float] = {}  # adapter -> raw score on NEUTRAL_PROMPTS; routed once set
+        self._baseline: dict[str, float] = {}  # adapter -> mean raw score on NEUTRAL_PROMPTS; routed once set
+        self._spread: dict[str, float] = {}  # adapter -> std of its scores on NEUTRAL_PROMPTS (1 = their mean)
 
     def add(self, adapter: str, prototypes: dict[Key, torch.Tensor]) -> None:
         """Routable once calibrate() has seen it."""
@@ -77,6 +95,20 @@ class ArrowRouter:
     def remove(self, adapter: str) -> None:
         self._protos.pop(adapter, None)
         self._baseline.pop(adapter, None)
+        self._spread.pop(adapter, None)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.options.max_tokens
+
+    def adapter_added(self, adapter: AdapterInfo) -> None:
+        self.add(adapter.name, dict(adapter.prototypes))
+
+    def adapter_removed(self, name: str) -> None:
+        self.remove(name)
+
+    def choose(self, query: RouteQuery) -> RouteDecision:
+        return self.route(query.features)
 
     def uncalibrated(self) -> list[str]:
         return [a for a in self._protos if a not in self._baseline]
@@ -92,6 +124,7 @@ class ArrowRouter:
         for a in todo:
             if vals := [r[a] for r in raws if a in r]:
                 self._baseline[a] = max(sum(vals) / len(vals), 1e-12)  # scores divide by it
+                self._spread[a] = max(statistics.stdev(vals) / self._baseline[a] if len(vals) > 1 else 0.0, 1e-6)
 
     def _raw(self, features: Features, adapters: list[str]) -> dict[str, float]:
         """Mean |cos(x, v)| over tokens and the adapter's (layer, module) pairs; adapters whose inputs the
@@ -110,12 +143,29 @@ class ArrowRouter:
         raw = self._raw(features, list(self._baseline))
         return {a: r / self._baseline[a] for a, r in raw.items()}
 
+    def z(self, adapter: str, score: float) -> float:
+        """A score in standard deviations of the adapter's own scores on generic text above their mean."""
+        return (score - 1.0) / self._spread[adapter]
+
+    def confident(self, adapter: str, score: float) -> bool:
+        """Whether a score is evidence for the adapter under the fallback rule.
+
+        generic: one-sided test against the adapter's own generic-text scores at level alpha, Bonferroni
+        over the n adapters competing (the top of n is taken): z >= the normal quantile 1 - alpha / n.
+        Per adapter and in its own units, so an adapter set of another scale needs no new threshold."""
+        if self.options.fallback == "generic":
+            n = max(len(self._baseline), 1)
+            return self.z(adapter, score) >= statistics.NormalDist().inv_cdf(1 - self.options.alpha / n)
+        if self.options.fallback == "threshold":
+            return score >= self.options.threshold
+        return True
+
     def route(self, features: Features) -> RouteDecision:
         scores = self.scores(features) if features else {}
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         shown = {a: round(s, 4) for a, s in ranked[:5]}
-        if not ranked or ranked[0][1] < self.options.threshold:
+        if not ranked or not self.confident(*ranked[0]):
             return RouteDecision(self.name, ((self.default, 1.0),) if self.default else (), shown, fell_back=True)
-        top = [(a, s) for a, s in ranked[: self.options.top_k] if s >= self.options.threshold]
+        top = [(a, s) for a, s in ranked[: self.options.top_k] if self.confident(a, s)]
         weights = (torch.tensor([s for _, s in top]) / self.options.temperature).softmax(0).tolist()
         return RouteDecision(self.name, tuple((a, w) for (a, _), w in zip(top, weights, strict=True)), shown)

@@ -11,10 +11,13 @@ held-out prompts this routes 200/200 with no forward pass at all.
 import torch
 import torch.nn.functional as F
 
+from router.contract import AdapterInfo, RouteQuery, TaskRouter
 from router.decision import RouteDecision
 
 
-class EmbeddingRouter:
+class EmbeddingRouter(TaskRouter):
+    needs = "tokens"
+
     def __init__(self, name: str, embeddings: torch.Tensor, k: int = 5, threshold: float = 0.45,
                  default: str | None = None):
         self.name = name
@@ -36,6 +39,15 @@ class EmbeddingRouter:
     def remove(self, adapter: str) -> None:
         if self._raw.pop(adapter, None) is not None:
             self._index = None
+
+    def adapter_added(self, adapter: AdapterInfo) -> None:
+        self.add(adapter.name, [list(ids) for ids in adapter.example_ids])
+
+    def adapter_removed(self, name: str) -> None:
+        self.remove(name)
+
+    def choose(self, query: RouteQuery) -> RouteDecision:
+        return self.route(list(query.ids))
 
     def _built(self) -> tuple[torch.Tensor, list[str], torch.Tensor]:
         if self._index is None:

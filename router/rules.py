@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from router.contract import AdapterInfo, RouteQuery, TaskRouter
 from router.decision import RouteDecision
 
 
@@ -19,7 +20,9 @@ class Rule:
     adapter: str
 
 
-class RulesRouter:
+class RulesRouter(TaskRouter):
+    needs = "text"
+
     def __init__(self, name: str, rules: list[Rule], default: str | None = None):
         self.name = name
         self.rules = rules
@@ -35,6 +38,15 @@ class RulesRouter:
             except (KeyError, TypeError, re.error) as e:
                 raise ValueError(f"{path}: rule {i} is invalid: {e}") from None
         return cls(name, rules, raw.get("default"))
+
+    def adapter_added(self, adapter: AdapterInfo) -> None:
+        """Rules name their adapters; one not registered fails the request as unknown, like a named one."""
+
+    def adapter_removed(self, name: str) -> None:
+        pass
+
+    def choose(self, query: RouteQuery) -> RouteDecision:
+        return self.route(query.text)
 
     def route(self, prompt: str) -> RouteDecision:
         for rule in self.rules:

@@ -1,33 +1,23 @@
 """Routers exposed as model names (`--router NAME=KIND`): built once, kept in step with the registry.
 
-Adapters are added on the engine thread and removed on it; requests route on the event loop. One lock
-guards the routers' state; Arrow's model passes (routing and calibration) run outside it.
+Speaks only the router contract (router/contract.py): adapters reach a router as `AdapterInfo`,
+requests as a `RouteQuery` holding what the router `needs`, and a `RouteDecision` comes back.
+Adapters are added and removed on the engine thread; requests route on the event loop. One lock
+guards the routers' state; the base-model passes that feature routers read run outside it.
 """
 
 import logging
 import threading
+from collections.abc import Iterable
 
-from router.arrow import NEUTRAL_PROMPTS, ArrowOptions, ArrowRouter
+from router.contract import AdapterInfo, Features, RouteQuery, TaskRouter
 from router.decision import RouteDecision
-from router.embedding import EmbeddingRouter
+from router.kinds import build_router
 from router.prototypes import adapter_prototypes
-from router.rules import RulesRouter
 from server.adapters.types import AdapterError, AdapterRef
 from server.engine.async_engine import AsyncEngine, EngineBusy, EngineDead
 
 log = logging.getLogger(__name__)
-KINDS = ("embedding", "rules:PATH", "arrow[:top_k=K,temperature=T,threshold=S]")
-Router = EmbeddingRouter | RulesRouter | ArrowRouter
-
-
-def build_router(engine: AsyncEngine, name: str, kind: str) -> Router:
-    if kind == "embedding":
-        return EmbeddingRouter(name, engine.token_embeddings())
-    if kind.startswith("rules:"):
-        return RulesRouter.from_file(name, kind.removeprefix("rules:"))
-    if kind == "arrow" or kind.startswith("arrow:"):
-        return ArrowRouter(name, ArrowOptions.parse(kind.removeprefix("arrow").removeprefix(":")))
-    raise ValueError(f"--router {name}={kind}: unknown kind (available: {', '.join(KINDS)})")
 
 
 class Routers:
@@ -35,13 +25,14 @@ class Routers:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self._lock = threading.RLock()
-        self.routers: dict[str, Router] = {name: build_router(engine, name, kind) for name, kind in specs.items()}
+        self.routers: dict[str, TaskRouter] = {
+            name: build_router(name, kind, engine.token_embeddings) for name, kind in specs.items()}
         for ref in engine.registry:
             self._add(ref)
         self._calibrate()  # before serving: the engine runs no step yet
 
     def adapter_added(self, ref: AdapterRef) -> None:
-        """On the engine thread (Arrow reads weights through the engine's host cache and runs passes)."""
+        """On the engine thread (prototypes read weights through the engine's host cache; calibration runs passes)."""
         try:
             self._add(ref)
             self._calibrate()
@@ -49,81 +40,85 @@ class Routers:
             self.adapter_removed(ref.name)
             raise
 
-    def _calibrate(self) -> None:
-        """Arrow's generic-text reference for adapters added since the last call: one set of passes for all."""
+    def adapter_removed(self, name: str) -> None:
         with self._lock:
-            arrows = [r for r in self.routers.values() if isinstance(r, ArrowRouter) and r.uncalibrated()]
-            if not arrows:
-                return
-            keys = set().union(*(r.feature_keys(r.uncalibrated()) for r in arrows))
-        limit = min(arrows[0].options.max_tokens, self.engine.max_batch_tokens)
-        neutral = [self.engine.features_now(self.tokenizer(t)["input_ids"][:limit], keys) for t in NEUTRAL_PROMPTS]
-        with self._lock:
-            for r in arrows:
-                r.calibrate(neutral)
+            for r in self.routers.values():
+                r.adapter_removed(name)
 
     def _add(self, ref: AdapterRef) -> None:
-        """Embeds its examples, and for Arrow reads its weights once for the prototypes."""
-        examples = [self.tokenizer(t)["input_ids"] for t in ref.routing_texts]
-        arrows = [r for r in self.routers.values() if isinstance(r, ArrowRouter)]
+        examples = tuple(tuple(self.tokenizer(t)["input_ids"]) for t in ref.routing_texts)
         prototypes = {}
-        if arrows:
+        if any(r.needs == "features" for r in self.routers.values()):
             try:
                 w = self.engine.adapter_weights(ref)
                 prototypes = adapter_prototypes(w.a, w.b)
             except AdapterError as e:  # its requests will fail with this message; routing skips it
-                log.warning("arrow: no prototypes for %s: %s", ref.name, e)
+                log.warning("router: no prototypes for %s: %s", ref.name, e)
+        info = AdapterInfo(ref.name, examples, prototypes)
         with self._lock:
             for r in self.routers.values():
-                if isinstance(r, EmbeddingRouter):
-                    r.add(ref.name, examples)
-                elif isinstance(r, ArrowRouter):
-                    r.add(ref.name, prototypes)
+                r.adapter_added(info)
 
-    def adapter_removed(self, name: str) -> None:
+    def _calibrate(self) -> None:
+        """Generic-text passes for adapters added since the last call: one set of passes per prompt set."""
         with self._lock:
+            groups: dict[tuple[str, ...], list[TaskRouter]] = {}
             for r in self.routers.values():
-                if isinstance(r, EmbeddingRouter | ArrowRouter):
-                    r.remove(name)
+                if r.uncalibrated():
+                    groups.setdefault(r.calibration_prompts, []).append(r)
+            plans = [(prompts, rs, set().union(*(r.feature_keys(r.uncalibrated()) for r in rs)))
+                     for prompts, rs in groups.items()]
+        for prompts, rs, keys in plans:
+            n = max(self._limit(r) or 0 for r in rs) or None
+            neutral = [self._features(tuple(self.tokenizer(text)["input_ids"][:n]), keys) for text in prompts]
+            with self._lock:
+                for r in rs:
+                    r.calibrate(neutral)
 
-    def needs_engine(self, name: str) -> bool:
-        return isinstance(self.routers[name], ArrowRouter)
+    def _limit(self, r: TaskRouter) -> int | None:
+        """The prompt tokens r reads; a feature router's routing pass must also fit one engine step."""
+        if r.needs != "features":
+            return r.max_prompt_tokens
+        return min(r.max_prompt_tokens or self.engine.max_batch_tokens, self.engine.max_batch_tokens)
+
+    def _features(self, ids: tuple[int, ...], keys) -> Features:
+        return self.engine.features_now(list(ids), keys) if ids and keys else {}
+
+    def _keys(self, rs: Iterable[TaskRouter]):
+        with self._lock:
+            return set().union(*(r.feature_keys() for r in rs if r.needs == "features"))
+
+    def _query(self, r: TaskRouter, text: str, ids: tuple[int, ...], features: Features) -> RouteQuery:
+        """What r needs, cut to its own prompt limit (features are causal: a prefix's rows are the prefix's)."""
+        ids = ids[: self._limit(r)]
+        if r.needs != "features":
+            return RouteQuery(text, ids)
+        return RouteQuery(text, ids, {k: x[: len(ids)] for k, x in features.items()})
 
     def route(self, name: str, text: str) -> RouteDecision:
-        """Routers that read only the prompt's text or tokens; Arrow goes through route_async."""
-        r = self.routers[name]
-        if isinstance(r, RulesRouter):
-            return r.route(text)
-        if isinstance(r, ArrowRouter):
-            ids = self._ids(r, text)
-            with self._lock:
-                keys = r.feature_keys()
-            features = self.engine.features_now(ids, keys) if ids else {}
-            with self._lock:
-                return r.route(features)
-        ids = self.tokenizer(text)["input_ids"]
+        """Synchronously, the routing pass included (benchmarks, tests; the server uses route_async)."""
+        return self.route_all(text, [name])[name]
+
+    def route_all(self, text: str, names: list[str] | None = None) -> dict[str, RouteDecision]:
+        """Several routers on one prompt, sharing one routing pass."""
+        rs = [self.routers[n] for n in (names or self.routers)]
+        ids = tuple(self.tokenizer(text)["input_ids"])
+        n = max((self._limit(r) for r in rs if r.needs == "features"), default=0)
+        features = self._features(ids[:n], self._keys(rs))
         with self._lock:
-            return r.route(ids)
+            return {r.name: r.choose(self._query(r, text, ids, features)) for r in rs}
 
     async def route_async(self, name: str, text: str) -> RouteDecision:
-        """As route, with Arrow's routing pass run on the engine thread between steps."""
+        """The routing pass of a feature router runs on the engine thread between steps."""
         r = self.routers[name]
-        if not isinstance(r, ArrowRouter):
-            return self.route(name, text)
-        with self._lock:
-            keys = r.feature_keys()
-        ids = self._ids(r, text)
-        features = {}
-        if ids and keys:
+        ids = tuple(self.tokenizer(text)["input_ids"])[: self._limit(r)]
+        features: Features = {}
+        if r.needs == "features" and ids and (keys := self._keys([r])):
             try:
-                features = await self.engine.call(lambda: self.engine.features_now(ids, keys))
+                features = await self.engine.call(lambda: self.engine.features_now(list(ids), keys))
             except RuntimeError as e:  # no pool room for the pass right now: fall back rather than fail
                 if isinstance(e, EngineBusy | EngineDead):
                     raise
-                log.warning("arrow routing pass skipped: %s", e)
+                log.warning("routing pass skipped: %s", e)
         with self._lock:  # an adapter added since the pass began is not scored; one removed is gone
-            return r.route(features)
-
-    def _ids(self, r: ArrowRouter, text: str) -> list[int]:
-        limit = min(r.options.max_tokens, self.engine.max_batch_tokens)
-        return self.tokenizer(text)["input_ids"][:limit]
+            return r.choose(self._query(r, text, ids, features))

@@ -26,7 +26,7 @@ def _features(direction: torch.Tensor, keys, T=6, noise=0.3, seed=0) -> dict:
 @pytest.fixture
 def toy():
     """Two adapters with orthogonal prototypes on different modules, calibrated on isotropic noise."""
-    r = ArrowRouter("arrow", ArrowOptions(threshold=1.5))
+    r = ArrowRouter("arrow", ArrowOptions(fallback="threshold", threshold=1.5))
     r.add("a", {(0, "q_proj"): _unit(0), (1, "q_proj"): _unit(1)})
     r.add("b", {(0, "gate_proj"): _unit(5)})
     assert r.uncalibrated() == ["a", "b"] and r.route(_features(_unit(0), r.feature_keys())).fell_back
@@ -57,14 +57,14 @@ def test_threshold_falls_back_to_base_or_default(toy):
 def test_top_k_gives_softmax_weights_over_adapters_above_threshold(toy):
     keys = toy.feature_keys()
     both = {k: _unit(0) + _unit(1) + _unit(5) + 0.1 * torch.randn(6, D) for k in keys}
-    toy.options = ArrowOptions(top_k=2, temperature=0.5, threshold=1.5)
+    toy.options = ArrowOptions(top_k=2, temperature=0.5, fallback="threshold", threshold=1.5)
     d = toy.route(both)
     names = [a for a, _ in d.adapters]
     assert sorted(names) == ["a", "b"] and sum(w for _, w in d.adapters) == pytest.approx(1.0)
     s = d.scores
     expect = torch.tensor([s[n] for n in names]).div(0.5).softmax(0)
     assert [w for _, w in d.adapters] == pytest.approx(expect.tolist(), abs=1e-3)
-    toy.options = ArrowOptions(top_k=2, threshold=1.5)
+    toy.options = ArrowOptions(top_k=2, fallback="threshold", threshold=1.5)
     assert [a for a, _ in toy.route(_features(_unit(5), keys)).adapters] == ["b"]  # a is under the threshold
 
 
@@ -75,7 +75,8 @@ def test_remove_and_options():
     assert r.feature_keys() == set() and r.route({}).fell_back
     assert ArrowOptions.parse("top_k=3, temperature=0.2") == ArrowOptions(top_k=3, temperature=0.2)
     assert ArrowOptions.parse("") == ArrowOptions()
-    for bad in ["k=2", "top_k", "top_k=0", "temperature=-1"]:
+    assert ArrowOptions.parse("fallback=off,alpha=0.01") == ArrowOptions(fallback="off", alpha=0.01)
+    for bad in ["k=2", "top_k", "top_k=0", "temperature=-1", "fallback=sometimes", "alpha=1", "top_k=x"]:
         with pytest.raises(ValueError):
             ArrowOptions.parse(bad)
 

@@ -50,7 +50,7 @@ def routed_server(tmp_path_factory):
     rules.write_text('{"rules": [{"pattern": "^Reverse", "adapter": "reverse"}], "default": null}')
     s = start_server(
         tmp_path_factory.mktemp("routed"), "--adapter-dir", str(DEMO_ADAPTERS), "--router", "auto=embedding",
-        "--router", f"ops=rules:{rules}", "--router", "arrow=arrow", "--router", "blend=arrow:top_k=2,threshold=1.0",
+        "--router", f"ops=rules:{rules}", "--router", "arrow=arrow", "--router", "blend=arrow:top_k=2,fallback=off",
         "--allowed-adapter-root", str(DEMO_ADAPTERS), "--enable-adapter-admin",
     )
     yield s
