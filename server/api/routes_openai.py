@@ -1,5 +1,6 @@
 """/v1/completions, /v1/chat/completions and /v1/models."""
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -100,19 +101,19 @@ def _text_of(content) -> str:
     return content if isinstance(content, str) else " ".join(part.text for part in content or [])
 
 
-async def _route(ctx: ServerContext, router_name: str, text: str, reqs: list[EngineRequest]) -> RouteDecision:
+async def _route(
+    ctx: ServerContext, router_name: str, text: str, reqs: list[EngineRequest]
+) -> tuple[RouteDecision, list[EngineRequest]]:
+    """The decision and new requests carrying it; the given requests are left as they were."""
     try:
         decision = await ctx.routers.route_async(router_name, text)
     except EngineBusy as e:
         raise ServiceUnavailable(f"the server is busy: {e}", code="engine_busy", headers=ctx.state.retry_after) from e
-    for r in reqs:
-        if len(decision.adapters) > 1:  # served as the weighted sum of their deltas
-            r.adapter, r.mixture = None, decision.adapters
-        else:
-            r.adapter = decision.adapter
+    mixture = decision.adapters if len(decision.adapters) > 1 else ()  # served as the weighted sum of their deltas
+    routed = [dataclasses.replace(r, adapter=None if mixture else decision.adapter, mixture=mixture) for r in reqs]
     for name, _ in decision.adapters or ((None, 1.0),):
         ctx.metrics.router_choices.labels(router_name, name or "").inc()
-    return decision
+    return decision, routed
 
 
 def _route_info(ctx: ServerContext, decision: RouteDecision) -> tuple[dict, dict[str, str]]:
@@ -156,7 +157,7 @@ async def _serve(
     try:
         decision = None
         if route is not None:
-            decision = await _route(ctx, route[0], route[1](), reqs)
+            decision, reqs = await _route(ctx, route[0], route[1](), reqs)
             _check(ctx, reqs)  # the chosen adapter must fit too
         lora = reqs[0].lora()  # metrics label: the adapter, or a mixture's heaviest one
         label = max(lora, key=lambda p: p[1])[0] if lora else ctx.models.base_name
