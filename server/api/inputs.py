@@ -6,8 +6,8 @@ from transformers import PreTrainedTokenizerBase
 
 from server.api.errors import BadRequest
 from server.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
-from server.api.tool_format import chat_template_inputs
 from server.api.sampling_fields import penalty_fields, prompt_logprobs_asked
+from server.api.tool_format import chat_template_inputs
 from server.engine.llm_engine import EngineRequest
 from server.engine.sampling_params import SamplingParams
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
+from server.api.echo import Echo
 from server.api.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -23,7 +24,6 @@ from server.api.protocol import (
     TopLogprob,
     Usage,
 )
-from server.api.echo import Echo
 from server.api.sse import sse
 from server.engine.outputs import SequenceDelta, TokenLogprob
 

@@ -92,7 +92,8 @@ def test_penalties_change_greedy_text_and_seeds_hold(server):
     for kw in (dict(frequency_penalty=2.0), dict(presence_penalty=2.0), dict(extra_body={"repetition_penalty": 2.0})):
         assert [c.text for c in greedy(client, prompts, 16, **kw).choices] != free, kw
     every = dict(temperature=0.9, top_p=0.95, seed=11, presence_penalty=0.5, frequency_penalty=0.5,
-                 logit_bias={"28": 2}, extra_body={"repetition_penalty": 1.2, "min_p": 0.05, "min_tokens": 4, "top_k": 40})
+                 logit_bias={"28": 2},
+                 extra_body={"repetition_penalty": 1.2, "min_p": 0.05, "min_tokens": 4, "top_k": 40})
     a, b = (client.completions.create(model=MODEL, prompt=COUNT, max_tokens=12, **every) for _ in range(2))
     assert a.choices[0].text == b.choices[0].text and a.usage.completion_tokens >= 4
 

@@ -68,7 +68,8 @@ def make_rows() -> list[SampleRow]:
         dict(temperature=1.0),
     ]
     return [
-        SampleRow(SamplingParams(max_tokens=20, seed=i, **kw), torch.Generator().manual_seed(i), toks(7), toks(i % 5 * 2))
+        SampleRow(SamplingParams(max_tokens=20, seed=i, **kw), torch.Generator().manual_seed(i), toks(7),
+                  toks(i % 5 * 2))
         for i, kw in enumerate(cases)
     ]
 
