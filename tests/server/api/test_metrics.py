@@ -60,5 +60,5 @@ def test_families_exist_and_move_after_traffic(idle, checkpoint):
     assert after["loraplex_adapters_resident"] >= 1 and after["loraplex_adapter_loads_total"] >= 1
     assert after["loraplex_adapter_load_seconds_count"] == after["loraplex_adapter_loads_total"]
     pages = {dict(k[1])["use"]: v for k, v in server.metrics().items() if k[0] == "loraplex_pool_pages"}
-    assert set(pages) == {"kv", "adapter", "free"}
+    assert set(pages) == {"kv", "cached", "adapter", "free"}  # cached: idle KV blocks kept for prefix reuse
     assert sum(pages.values()) == after["loraplex_pool_pages_capacity"]
