@@ -143,7 +143,7 @@ def main() -> None:
     print(f"ceiling      {t:7.2f}s  {total / t:8.1f} tok/s")
 
     first_tokens_agree = sum(a[0] == b[0] for a, b in zip(outs, outs_hf, strict=True))
-    n_params = sum(p.numel() for p in engine.runner.model.parameters())
+    n_params = sum(p.numel() for p in hf.parameters())  # ours may hold weights as blocks (buffers)
     report = {
         "command": "python bench/engine.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                                                           if v is not None and k != "out"),

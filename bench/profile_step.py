@@ -52,9 +52,17 @@ def instrument() -> None:
 
 
 def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
-        b.numel() * b.element_size() for n, b in model.named_buffers() if "rotary" not in n
-    )
+    """Bytes of weights a step reads, each storage once (fused GEMMs and tied heads share theirs)."""
+    tensors = [*model.parameters(), *(b for n, b in model.named_buffers() if "rotary" not in n)]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
+
+
+def matmul_params(cfg) -> int:
+    """Weights one token multiplies: every projection of every layer, and the output head."""
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    d, q, kv = cfg.hidden_size, cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
+    per_layer = d * (q + 2 * kv) + q * d + 3 * d * cfg.intermediate_size
+    return cfg.num_hidden_layers * per_layer + cfg.vocab_size * d
 
 
 def copy_bandwidth() -> float:
@@ -150,9 +158,7 @@ def main() -> None:
             adapter = engine.registry.list()[0].name
         decode_ready(engine, rows, args.prompt_len, adapter)
         r = profile_rows(engine, rows, args.steps)
-        flops = 2 * sum(p.numel() for n, p in engine.runner.model.named_parameters() if "embed" not in n
-                        and "norm" not in n) * rows + 2 * engine.checkpoint.config.vocab_size * \
-            engine.checkpoint.config.hidden_size * rows
+        flops = 2 * matmul_params(engine.checkpoint.config) * rows
         r["weight_GB_per_s"] = round(weight_bytes(engine.runner.model) / (r["step_ms"] / 1e3) / 1e9, 2)
         r["GFLOP_per_s"] = round(flops / (r["step_ms"] / 1e3) / 1e9, 1)
         results.append(r)

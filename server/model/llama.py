@@ -59,6 +59,13 @@ def project(proj: nn.Module, x: torch.Tensor, step: ForwardStep) -> torch.Tensor
     return proj(x, step) if getattr(proj, "reads_step", False) else proj(x)
 
 
+def project_together(fused: nn.Module | None, projs: tuple[nn.Module, ...], x: torch.Tensor, step: ForwardStep):
+    """Projections of the same x: one GEMM when fused (server/model/fused.py), else one each."""
+    if fused is None:
+        return tuple(project(p, x, step) for p in projs)
+    return fused(x, step, projs)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (T, heads, hd); cos/sin (T, hd)."""
     half = x.shape[-1] // 2
@@ -79,12 +86,14 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, kv_dim, bias=bias)
         self.v_proj = nn.Linear(d, kv_dim, bias=bias)
         self.o_proj = nn.Linear(q_dim, d, bias=bias)
+        self.fused_qkv: nn.Module | None = None  # set by server/model/fused.py
 
     def forward(self, x, cos, sin, step: ForwardStep, kv: tuple[torch.Tensor, torch.Tensor]):
         T, batch = x.shape[0], step.attention
-        q = project(self.q_proj, x, step).view(T, self.num_heads, self.head_dim)  # (T, H, hd)
-        k = project(self.k_proj, x, step).view(T, self.num_kv_heads, self.head_dim)  # (T, kvh, hd)
-        v = project(self.v_proj, x, step).view(T, self.num_kv_heads, self.head_dim)
+        q, k, v = project_together(self.fused_qkv, (self.q_proj, self.k_proj, self.v_proj), x, step)
+        q = q.view(T, self.num_heads, self.head_dim)  # (T, H, hd)
+        k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, kvh, hd)
+        v = v.view(T, self.num_kv_heads, self.head_dim)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         k_cache, v_cache = kv
         ops.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
@@ -114,9 +123,11 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(d, h, bias=bias)
         self.up_proj = nn.Linear(d, h, bias=bias)
         self.down_proj = nn.Linear(h, d, bias=bias)
+        self.fused_gate_up: nn.Module | None = None  # set by server/model/fused.py
 
     def forward(self, x, step: ForwardStep):
-        h = F.silu(project(self.gate_proj, x, step)) * project(self.up_proj, x, step)
+        gate, up = project_together(self.fused_gate_up, (self.gate_proj, self.up_proj), x, step)
+        h = F.silu(gate) * up
         return project(self.down_proj, h, step)
 
 

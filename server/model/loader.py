@@ -152,6 +152,7 @@ def resolve_weights(weights: str, ckpt: Checkpoint, device: str) -> str:
 def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device: str, weights: str = "fp32"):
     """Our model with the checkpoint's weights, in dtype on device (built on meta: no random init).
     weights (EngineConfig.weights): "gguf" keeps a GGUF file's Q8_0/Q4_0/Q4_1 tensors as blocks."""
+    from server.model.fused import fuse_projections
     from server.model.llama import LlamaForCausalLM, Rotary
 
     with torch.device("meta"):
@@ -161,7 +162,9 @@ def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device
 
         load_gguf_weights(model, ckpt.source, dtype, device)
         model.rotary = Rotary(ckpt.config, max_positions)
-        return model.to(device).eval()
+        model = model.to(device).eval()
+        fuse_projections(model)
+        return model
     model.load_hf_state_dict(load_weights(ckpt.directory))
     model.rotary = Rotary(ckpt.config, max_positions)  # fp32 tables, cast per step like transformers
     for p in model.parameters():
@@ -173,4 +176,5 @@ def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device
         from server.model.dense_cpu import serve_fp32_with_cpu_kernel
 
         serve_fp32_with_cpu_kernel(model)
+    fuse_projections(model)
     return model

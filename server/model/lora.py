@@ -29,10 +29,13 @@ class LoRALinear(nn.Module):
         self.layer, self.module = layer, module
 
     def forward(self, x: torch.Tensor, step: ForwardStep | None = None) -> torch.Tensor:  # x (T, in) -> (T, out)
+        return self.add_delta(x, self.base(x), step)
+
+    def add_delta(self, x: torch.Tensor, out: torch.Tensor, step: ForwardStep | None) -> torch.Tensor:
+        """out (T, out) = base(x), possibly a column view of a fused GEMM's output: the step's deltas added in place."""
         capture = step.capture if step is not None else None
         if capture is not None and (key := (self.layer, MODULES[self.module])) in capture:
             capture[key] = x
-        out = self.base(x)
         lora = step.lora if step is not None else None
         if lora is not None:
             a = lora.a_offsets[:, self.layer, self.module]  # (num_slots,)

@@ -47,18 +47,31 @@ def reference(hf_fp32, prompt_ids):
     return [o[0, len(ids) :].tolist() for o, ids in zip(outs, prompt_ids, strict=True)]
 
 
+def projections(model):
+    """(name, QuantLinear) of each projection, named as in transformers: not the fused GEMMs, not the head."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, QuantLinear) and name != "lm_head" and ".fused_" not in name:
+            yield name.removesuffix(".base"), mod
+
+
+def dense_weights(model) -> dict[str, torch.Tensor]:
+    """name -> dense weight of the fp32 model, whether held as parameters or as F32 blocks (CPU kernel)."""
+    dense = {n.replace(".base.", "."): p for n, p in model.named_parameters()}
+    dense.update({f"{name}.weight": mod.dequantize() for name, mod in projections(model)})
+    return dense
+
+
 def test_every_projection_and_the_tied_head_run_on_blocks(gguf_model, fp32_model):
     m = gguf_model
     assert not any(isinstance(mod, torch.nn.Linear) for mod in m.modules())
     assert isinstance(m.model.embed_tokens, QuantEmbedding) and isinstance(m.lm_head, QuantLinear)
     assert m.lm_head.blocks.data_ptr() == m.model.embed_tokens.blocks.data_ptr()  # tied: one table
     # an engine built on either model earlier in the session wraps its projections in LoRA (`.base`)
-    dense = {n.replace(".base.", "."): p for n, p in fp32_model.named_parameters()}
-    for name, mod in m.named_modules():
-        if isinstance(mod, QuantLinear) and name != "lm_head":
-            assert torch.equal(mod.dequantize(), dense[f"{name.removesuffix('.base')}.weight"]), name
+    dense = dense_weights(fp32_model)
+    for name, mod in projections(m):
+        assert torch.equal(mod.dequantize(), dense[f"{name}.weight"]), name
     assert torch.equal(m.model.embed_tokens.weight, dense["model.embed_tokens.weight"])
-    fp32_bytes = sum(p.numel() * 4 for p in fp32_model.parameters())
+    fp32_bytes = sum(w.numel() * 4 for w in dense.values())
     gguf_bytes = sum({b.data_ptr(): b.numel() for b in m.buffers() if b.dtype == torch.uint8}.values())
     assert gguf_bytes < fp32_bytes / 4
 
