@@ -208,7 +208,10 @@ class LLMEngine:
         """The base model's inputs (T, in) to the (layer, module) projections in keys over a prompt.
 
         A side prefill between steps (for routers that read hidden states): its KV pages come from the
-        pool like any sequence's and go back before this returns. RuntimeError when the pool has no room.
+        pool like any sequence's and go back before this returns, its full blocks into the prefix cache
+        under the base model's identity (a request the router sends to the base then starts after them).
+        The pass itself cannot start from cached KV: it needs every position's projection inputs, which
+        KV does not hold. RuntimeError when the pool has no room.
         """
         n = len(prompt_ids)
         assert 0 < n <= self.config.max_batch_tokens, n
@@ -218,7 +221,11 @@ class LLMEngine:
         blocks.grow(table, n)
         seq = Sequence(-1, "", 0, list(prompt_ids), SamplingParams(max_tokens=1), time.monotonic(), block_table=table)
         try:
-            return self.runner.features(SchedulerOutput(prefills=[ScheduledChunk(seq, 0, n)]), keys)
+            features = self.runner.features(SchedulerOutput(prefills=[ScheduledChunk(seq, 0, n)]), keys)
+            if self.prefix_cache is not None:
+                seq.num_computed = n
+                self.scheduler.register_computed_blocks(seq)  # may swap in an equal cached page: same table
+            return features
         finally:
             blocks.release(table)
 

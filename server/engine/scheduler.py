@@ -158,7 +158,8 @@ class Scheduler:
         seq.block_hashes = [h for _, h in hit]
         seq.num_computed = len(hit) * self.blocks.block_size
 
-    def _register_full_blocks(self, seq: Sequence) -> None:
+    def register_computed_blocks(self, seq: Sequence) -> None:
+        """Cache seq's full blocks computed since the last call (its table may now hold shared pages)."""
         cache, bs = self.blocks.prefix_cache, self.blocks.block_size
         for i in range(len(seq.block_hashes), seq.num_computed // bs):
             parent = seq.block_hashes[-1] if seq.block_hashes else None
@@ -210,7 +211,7 @@ class Scheduler:
         for chunk in out.chunks:
             chunk.seq.num_computed = chunk.start + chunk.num_tokens
             if self.blocks.prefix_cache is not None:
-                self._register_full_blocks(chunk.seq)
+                self.register_computed_blocks(chunk.seq)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Leave the batch (finished or aborted); its pages go back to the pool at once."""
