@@ -75,7 +75,9 @@ def test_soak(tmp_path, checkpoint):
             if name not in unloaded:
                 r = httpx.post(f"{server.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=ADMIN)
                 assert r.status_code == 200, r.text
-        wait_until(lambda: server.sample("loraplex_pool_pages", use="free") == free0, 30, "free pages back at start")
+        # every page free again, or kept as an idle cached KV block (evictable, held by nobody)
+        wait_until(lambda: server.sample("loraplex_pool_pages", use="free")
+                   + server.sample("loraplex_pool_pages", use="cached") == free0, 30, "free pages back at start")
         assert server.sample("loraplex_adapters_resident") == 0
         print(f"soak: {REQUESTS} requests, {ADAPTERS} adapters, {elapsed:.0f}s, RSS {rss0 >> 20} -> {rss1 >> 20} MiB")
     finally:
