@@ -9,34 +9,32 @@ import torch
 NEG_INF = float("-inf")
 
 
-def token_counts(token_lists: list[list[int]], vocab_size: int, device=None) -> torch.Tensor:
-    """Per-row token lists -> counts (S, V) float32: how often each token occurs in each row's list."""
-    S = len(token_lists)
-    counts = torch.zeros(S, vocab_size, dtype=torch.float32, device=device)  # (S, V)
-    lens = torch.tensor([len(t) for t in token_lists], dtype=torch.int64)
-    if int(lens.sum()) == 0:
-        return counts
-    rows = torch.repeat_interleave(torch.arange(S), lens).to(device)  # (N,)
-    ids = torch.tensor([t for ts in token_lists for t in ts], dtype=torch.int64, device=device)  # (N,)
-    counts.index_put_((rows, ids), torch.ones_like(ids, dtype=torch.float32), accumulate=True)
-    return counts
-
-
 def apply_penalties(
-    logits: torch.Tensor,  # (S, V)
-    prompt_mask: torch.Tensor,  # (S, V) bool, token occurs in the prompt
-    output_counts: torch.Tensor,  # (S, V) float32, occurrences in the output so far
-    presence: torch.Tensor,  # (S,)
-    frequency: torch.Tensor,  # (S,)
-    repetition: torch.Tensor,  # (S,)
-) -> torch.Tensor:
+    logits: torch.Tensor,  # (S, V), changed in place
+    rows: torch.Tensor,  # (R,) int64, the penalized rows
+    prompt_ids: list[list[int]],  # per penalized row
+    output_ids: list[list[int]],  # per penalized row
+    presence: torch.Tensor,  # (R,)
+    frequency: torch.Tensor,  # (R,)
+    repetition: torch.Tensor,  # (R,)
+) -> None:
     """Repetition over prompt + output (divide positive logits, multiply negative ones), then OpenAI's
-    frequency and presence penalties over the output only."""
-    output_mask = output_counts > 0  # (S, V)
-    penalty = torch.where(prompt_mask | output_mask, repetition[:, None], 1.0)  # (S, V)
-    logits = logits * torch.where(logits > 0, 1.0 / penalty, penalty)
-    logits = logits - frequency[:, None] * output_counts
-    return logits - presence[:, None] * output_mask
+    frequency and presence penalties over the output only. Only the (row, token) pairs that occur
+    change, so the work is the rows' token counts, not R x V."""
+    V = logits.shape[1]
+    R = len(rows)
+    n_p = torch.tensor([len(t) for t in prompt_ids], dtype=torch.int64)
+    n_o = torch.tensor([len(t) for t in output_ids], dtype=torch.int64)
+    local = torch.cat([torch.repeat_interleave(torch.arange(R), n_p), torch.repeat_interleave(torch.arange(R), n_o)])
+    ids = torch.tensor([t for ts in prompt_ids for t in ts] + [t for ts in output_ids for t in ts], dtype=torch.int64)
+    if ids.numel() == 0:
+        return
+    pairs, which = torch.unique(local * V + ids, return_inverse=True)  # (N,) each (row, token) once
+    counts = torch.bincount(which[int(n_p.sum()):], minlength=len(pairs)).float()  # (N,) occurrences in the output
+    r, t = pairs // V, pairs % V  # (N,)
+    x = logits[rows[r], t]  # (N,)
+    x = torch.where(x > 0, x / repetition[r], x * repetition[r])
+    logits[rows[r], t] = x - frequency[r] * counts - presence[r] * (counts > 0).float()
 
 
 def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
@@ -45,17 +43,79 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(probs < probs.amax(-1, keepdim=True) * min_p[:, None], NEG_INF)
 
 
+LEVELS = (128, 1024)  # candidates tried in turn: each row is filtered on its best 128, else 1024, else a full sort
+
+
+def apply_min_p_top_k_top_p(
+    logits: torch.Tensor,  # (S, V), after temperature
+    min_p: torch.Tensor,  # (S,) float, 0 = off
+    top_k: torch.Tensor,  # (S,) int64, V = off
+    top_p: torch.Tensor,  # (S,) float, 1 = off
+) -> torch.Tensor:
+    """min_p, then each row's top_k best tokens (ties kept), then the smallest set reaching top_p.
+
+    A row whose kept set closes within its best LEVELS[i] tokens is filtered on those (a partial sort);
+    which level serves a row depends on that row alone, so its result does not depend on the batch."""
+    S, V = logits.shape
+    pending = ((min_p > 0) | (top_k < V) | (top_p < 1)).nonzero().squeeze(1)  # (R,) rows that filter at all
+    if not len(pending):
+        return logits
+    out = logits.clone()
+    for C in LEVELS:
+        if C >= V or not len(pending):
+            break
+        closed, kept = _on_candidates(logits[pending], min_p[pending], top_k[pending], top_p[pending], C)
+        out[pending[closed]] = kept
+        pending = pending[~closed]
+    if len(pending):
+        x = apply_min_p(logits[pending], min_p[pending])
+        out[pending] = _top_k_top_p_sorted(x, top_k[pending], top_p[pending])
+    return out
+
+
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: torch.Tensor | None) -> torch.Tensor:
-    """Keep each row's top_k (S,) int64 best tokens (ties kept), then the smallest set reaching top_p (S,)."""
-    ascending, order = logits.sort(dim=-1)  # (S, V)
-    if top_k is not None:
-        kth = ascending.gather(1, (logits.shape[1] - top_k).clamp(min=0)[:, None])  # (S, 1)
-        ascending = ascending.masked_fill(ascending < kth, NEG_INF)
-    if top_p is not None:
-        cum = ascending.softmax(-1).cumsum(-1)  # (S, V)
-        drop = (cum <= 1 - top_p[:, None]) & (top_p < 1)[:, None]  # rows at 1 keep even underflowed tokens
-        drop[:, -1] = False  # the best token always stays
-        ascending = ascending.masked_fill(drop, NEG_INF)
+    S, V = logits.shape
+    k = top_k if top_k is not None else torch.full((S,), V, dtype=torch.int64)
+    p = top_p if top_p is not None else torch.ones(S)
+    return apply_min_p_top_k_top_p(logits, torch.zeros(S), k, p)
+
+
+def _on_candidates(logits: torch.Tensor, min_p: torch.Tensor, k: torch.Tensor, p: torch.Tensor, C: int,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (R, V) filtered on their best C tokens -> closed (R,) bool, the closed rows' filtered logits (F, V)."""
+    V = logits.shape[1]
+    vals, idx = logits.topk(C, dim=-1)  # (R, C) best first
+    lse_all = torch.logsumexp(logits, -1)  # (R,)
+    in_min_p = (vals - lse_all[:, None]).exp() >= min_p[:, None] * (vals[:, :1] - lse_all[:, None]).exp()
+    min_p_closed = ~in_min_p[:, -1]  # the C-th is out already: so is everything past it
+    k_in = k < C  # the (k+1)th candidate shows whether kth's ties go on past the candidates
+    kth = torch.where(k_in, vals.gather(1, (k.clamp(max=C) - 1)[:, None]).squeeze(1), NEG_INF)  # (R,)
+    base = in_min_p & (vals >= kth[:, None])  # (R, C) min_p and top_k: both keep a prefix
+    base_closed = min_p_closed | (k_in & (vals[:, -1] < kth))
+    lse = torch.logsumexp(vals.masked_fill(~base, NEG_INF), -1)  # (R,)
+    if not base_closed.all():  # base runs past the candidates: normalize over all of it
+        beyond = torch.logsumexp(apply_min_p(logits, min_p), -1) if (min_p > 0).any() else lse_all
+        lse = torch.where(base_closed, lse, beyond)
+    probs = (vals - lse[:, None]).exp().masked_fill(~base, 0)  # (R, C) under the min_p / top-k filtered law
+    cum = probs.cumsum(-1)
+    keep = base & (((cum - probs) < p[:, None]) | (p >= 1)[:, None])  # the smallest prefix reaching top_p
+    keep[:, 0] = True
+    closed = base_closed | ((p < 1) & (cum[:, -1] >= p))
+    rows = closed.nonzero().squeeze(1)
+    kept = torch.full((len(rows), V), NEG_INF, dtype=logits.dtype)  # (F, V)
+    kept.scatter_(1, idx[rows], vals[rows].masked_fill(~keep[rows], NEG_INF))
+    return closed, kept
+
+
+def _top_k_top_p_sorted(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """The same filter over a full sort of each row (R, V)."""
+    ascending, order = logits.sort(dim=-1)  # (R, V)
+    kth = ascending.gather(1, (logits.shape[1] - top_k).clamp(min=0)[:, None])  # (R, 1)
+    ascending = ascending.masked_fill(ascending < kth, NEG_INF)
+    cum = ascending.softmax(-1).cumsum(-1)  # (R, V)
+    drop = (cum <= 1 - top_p[:, None]) & (top_p < 1)[:, None]  # rows at 1 keep even underflowed tokens
+    drop[:, -1] = False  # the best token always stays
+    ascending = ascending.masked_fill(drop, NEG_INF)
     return torch.empty_like(logits).scatter_(1, order, ascending)
 
 

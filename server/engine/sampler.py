@@ -1,8 +1,9 @@
 """Next-token choice for a batch of rows, each with its own parameters and, if seeded, its own generator.
 
-One pass over (S, V) per transform, each transform only over the rows that use it. Order as vLLM:
-min_tokens mask and logit_bias, penalties, then greedy argmax or temperature -> min_p -> top-k/top-p
--> a draw. Each row draws one uniform number per step from its own generator (or the engine's), so a
+Each transform runs once over the rows that use it, never row by row over the vocabulary. Order as
+vLLM: min_tokens mask and logit_bias, penalties (on the (row, token) pairs that occur), then greedy
+argmax or temperature -> min_p -> top-k -> top-p (on each row's best candidates: a partial sort) ->
+a draw. Each row draws one uniform number per step from its own generator (or the engine's), so a
 seeded row's tokens do not depend on which rows share its batch. Logprobs are the model's own
 distribution (before any transform), as vLLM reports them by default.
 """
@@ -33,8 +34,8 @@ def _rows_where(rows: list[SampleRow], pred) -> list[int]:
     return [i for i, r in enumerate(rows) if pred(r)]
 
 
-def _stop_masks(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection[int]) -> torch.Tensor:
-    """min_tokens: end-of-sequence and stop_token_ids cannot be drawn yet; logit_bias: added."""
+def _stop_masks(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection[int]) -> None:
+    """In place. min_tokens: end-of-sequence and stop_token_ids cannot be drawn yet; logit_bias: added."""
     ban_rows, ban_ids, bias_rows, bias_ids, bias_vals = [], [], [], [], []
     for i, r in enumerate(rows):
         p = r.params
@@ -47,48 +48,42 @@ def _stop_masks(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection
             bias_ids += p.logit_bias.keys()
             bias_vals += p.logit_bias.values()
     if bias_rows:
-        logits = logits.index_put((torch.tensor(bias_rows), torch.tensor(bias_ids)),
-                                  torch.tensor(bias_vals, dtype=logits.dtype), accumulate=True)
+        logits.index_put_((torch.tensor(bias_rows), torch.tensor(bias_ids)),
+                          torch.tensor(bias_vals, dtype=logits.dtype), accumulate=True)
     if ban_rows:
-        logits = logits.index_put((torch.tensor(ban_rows), torch.tensor(ban_ids)), torch.tensor(lp.NEG_INF))
-    return logits
+        logits.index_put_((torch.tensor(ban_rows), torch.tensor(ban_ids)), torch.tensor(lp.NEG_INF))
 
 
-def _penalize(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
+def _penalize(logits: torch.Tensor, rows: list[SampleRow]) -> None:
+    """In place, on the penalized rows' (row, token) pairs only."""
     idx = _rows_where(rows, lambda r: r.params.penalized)
-    if not idx:
-        return logits
-    V = logits.shape[1]
-    sub = [rows[i] for i in idx]
-    prompt_mask = lp.token_counts([list(r.prompt_ids) for r in sub], V) > 0  # (R, V)
-    output_counts = lp.token_counts([list(r.output_ids) for r in sub], V)  # (R, V)
-    at = torch.tensor(idx)
-    logits = logits.clone()
-    logits[at] = lp.apply_penalties(
-        logits[at], prompt_mask, output_counts,
-        _column(rows, idx, lambda p: p.presence_penalty), _column(rows, idx, lambda p: p.frequency_penalty),
-        _column(rows, idx, lambda p: p.repetition_penalty),
-    )
-    return logits
+    if idx:
+        lp.apply_penalties(
+            logits, torch.tensor(idx), [list(rows[i].prompt_ids) for i in idx],
+            [list(rows[i].output_ids) for i in idx], _column(rows, idx, lambda p: p.presence_penalty),
+            _column(rows, idx, lambda p: p.frequency_penalty), _column(rows, idx, lambda p: p.repetition_penalty),
+        )
 
 
 def warp(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     """The random rows' processed logits (R, V) -> what they draw from: temperature, min_p, top-k, top-p."""
     temp = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32)
     logits = logits / temp[:, None]  # (R, V)
-    if any(r.params.min_p > 0 for r in rows):
-        logits = lp.apply_min_p(logits, torch.tensor([r.params.min_p for r in rows], dtype=torch.float32))
     V = logits.shape[1]
-    top_k = torch.tensor([r.params.top_k or V for r in rows]) if any(0 < r.params.top_k < V for r in rows) else None
-    top_p = torch.tensor([r.params.top_p for r in rows]) if any(r.params.top_p < 1 for r in rows) else None
-    if top_k is not None or top_p is not None:
-        logits = lp.apply_top_k_top_p(logits, top_k, top_p)
-    return logits
+    min_p = torch.tensor([r.params.min_p for r in rows], dtype=torch.float32)
+    top_k = torch.tensor([r.params.top_k or V for r in rows])
+    top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32)
+    return lp.apply_min_p_top_k_top_p(logits, min_p, top_k, top_p)
 
 
 def process(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection[int] = ()) -> torch.Tensor:
     """Raw logits (S, V) -> what greedy rows take the argmax of: min_tokens mask, logit_bias, penalties."""
-    return _penalize(_stop_masks(logits, rows, eos_ids), rows)
+    if not any(r.params.logit_bias or r.params.min_tokens or r.params.penalized for r in rows):
+        return logits
+    logits = logits.clone()
+    _stop_masks(logits, rows, eos_ids)
+    _penalize(logits, rows)
+    return logits
 
 
 def _draw(

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from server.engine import logits_processors as lp
 from server.engine.sampler import SampleRow, process, sample, warp
 from server.engine.sampling_params import SamplingParams
 
@@ -139,3 +140,25 @@ def test_token_ids_past_the_vocabulary_are_refused():
     for kw in (dict(stop_token_ids=[V]), dict(logit_bias={V + 3: 1.0})):
         with pytest.raises(ValueError, match=next(iter(kw))):
             SamplingParams(**kw).check_vocab(V)
+
+
+@pytest.mark.parametrize("levels", [(4,), (4, 16), (16, 128), (1024,)])
+def test_top_k_top_p_on_candidates_equals_the_full_sort(monkeypatch, levels):
+    """Rows whose kept set closes within a level's candidates take the short path; the rest the full sort."""
+    monkeypatch.setattr(lp, "LEVELS", levels)
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(8, 500, generator=g) * torch.tensor([0.5, 1, 2, 4, 8, 1, 3, 6])[:, None]  # (S, V)
+    logits[7, 10:20] = logits[7].max() + 1  # ten tied best tokens
+    top_k = torch.tensor([500, 3, 40, 500, 12, 2, 500, 5])
+    top_p = torch.tensor([0.9, 1.0, 0.7, 0.5, 1.0, 0.99, 1.0, 1.0])
+    got = lp.apply_top_k_top_p(logits, top_k, top_p)
+    want = lp._top_k_top_p_sorted(logits, top_k, top_p)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    min_p = torch.tensor([0.0, 0.1, 0.0, 0.3, 0.001, 0.0, 0.05, 0.2])
+    got = lp.apply_min_p_top_k_top_p(logits, min_p, top_k, top_p)
+    want = lp._top_k_top_p_sorted(lp.apply_min_p(logits, min_p), top_k, top_p)
+    assert torch.equal(torch.isinf(got), torch.isinf(want))
+    torch.testing.assert_close(got.softmax(-1), want.softmax(-1))
+    got = lp.apply_top_k_top_p(logits, top_k, top_p)
+    assert torch.equal(got[6], logits[6])  # neither filter on: untouched
+    assert torch.isfinite(got[7, 10:20]).all() and torch.isinf(got[7]).sum() == 490  # top_k 5 keeps all ten ties
