@@ -55,6 +55,11 @@ class ArrowOptions:
     alpha: float = 0.05  # for fallback=generic: the chance that an off-task prompt is routed anyway
     threshold: float = 1.25  # for fallback=threshold: on the top score (raw over generic-text raw)
     max_tokens: int = 256  # the prompt's first tokens are scored, so a long prompt costs a bounded pass
+    # "request": one choice per request from a routing pass; "token": every token at every projection mixes
+    # top_k of `candidates` adapters, chosen without a pass (router/arrow_token.py)
+    mode: str = "request"
+    candidates: int = 8
+    rank: str = "pass"  # mode=token with more adapters than candidates: rank them by a routing "pass" or "proxy"
 
     @classmethod
     def parse(cls, spec: str) -> "ArrowOptions":
@@ -71,6 +76,9 @@ class ArrowOptions:
         if (opts.top_k < 1 or opts.temperature <= 0 or opts.max_tokens < 1 or opts.fallback not in FALLBACKS
                 or not 0 < opts.alpha < 1):
             raise ValueError(f"arrow options out of range: {opts}")
+        if opts.mode not in ("request", "token") or opts.candidates < 1 or opts.rank not in ("pass", "proxy"):
+            raise ValueError(f"arrow options: mode is request or token, candidates >= 1, rank pass or proxy "
+                             f"(got {opts})")
         return opts
 
 

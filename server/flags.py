@@ -58,8 +58,9 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
     f.add("--admin-key", "the adapter admin routes need `Authorization: Bearer KEY` (default: the API key, if any)",
           metavar="KEY")
     f.add("--router", "expose a task router as model NAME: NAME=embedding, NAME=rules:FILE.json or "
-          "NAME=arrow[:KEY=VALUE,...] (top_k, temperature, fallback=generic|threshold|off, alpha, threshold, ...; "
-          "see the README's Routers section)", repeat=True,
+          "NAME=arrow[:KEY=VALUE,...] (top_k, temperature, fallback=generic|threshold|off, alpha, threshold, "
+          "mode=request|token (token: every token at every layer mixes top_k of the request's candidates), "
+          "candidates=M, rank=pass|proxy, ...; see the README's Routers section)", repeat=True,
           metavar="NAME=KIND")
     f.add("--host", host_help, default="127.0.0.1", metavar="ADDR")
     f.add("--port", port_help, type=int, default=8000, metavar="PORT")

@@ -13,12 +13,14 @@
 #define MAX_RANK 256
 
 /* rows (n,): token row of each grouped row; table (G, 3): group g owns rows[start:end] and has rank r.
-   Groups with more than max_rows rows are skipped: a GEMM per group (the torch twin) serves them better. */
+   Groups with more than max_rows rows are skipped: a GEMM per group (the torch twin) serves them better.
+   row_w (T,) or NULL: each row's delta weight; a row of weight 0 is skipped (per-token Arrow's entries of
+   unchosen candidates), so only the chosen candidates' factors are read. */
 #define LORA_APPLY(NAME, T, LOAD, STORE_ADD)                                                        \
     int NAME(const T *x, int64_t ldx, T *out, int64_t ldo, const T *pool, int64_t d_in,             \
              int64_t d_out, int64_t n_groups, const int64_t *rows, const int64_t *table,           \
              const float *scales, const int64_t *a_off, const int64_t *b_off, int64_t max_rows,    \
-             int64_t num_threads) {                                                                \
+             int64_t num_threads, const float *row_w) {                                            \
         if (d_in > MAX_IN) return -1;                                                              \
         for (int64_t g = 0; g < n_groups; g++)                                                     \
             if (table[3 * g + 2] > MAX_RANK) return -2;                                            \
@@ -30,6 +32,8 @@
             float xf[d_in], y[MAX_RANK];                                                           \
             const T *A = pool + a_off[g], *B = pool + b_off[g];                                    \
             for (int64_t i = start; i < end; i++) {                                                  \
+                const float w = row_w ? row_w[rows[i]] * scales[g] : scales[g];                    \
+                if (w == 0.f) continue;                                                            \
                 const T *xr = x + rows[i] * ldx;                                                   \
                 T *orow = out + rows[i] * ldo;                                                     \
                 for (int64_t k = 0; k < d_in; k++) xf[k] = LOAD(xr[k]);                            \
@@ -37,7 +41,7 @@
                     const T *a = A + j * d_in;                                                     \
                     float s = 0.f;                                                                 \
                     for (int64_t k = 0; k < d_in; k++) s += LOAD(a[k]) * xf[k];                    \
-                    y[j] = s * scales[g];                                                          \
+                    y[j] = s * w;                                                                  \
                 }                                                                                  \
                 for (int64_t o = 0; o < d_out; o++) {                                              \
                     const T *b = B + o * r;                                                        \

@@ -31,14 +31,18 @@ def lora_apply(
     a_offsets: torch.Tensor,  # (num_slots,) int64, where A_s (r_s, in) starts in the pool; < 0 = none
     b_offsets: torch.Tensor,  # (num_slots,) int64, where B_s (out, r_s) starts; < 0 = none
     info: LoRABatchInfo,
+    row_weights: torch.Tensor | None = None,  # (T,) float32, each row's delta times this; 0 = skipped
 ) -> None:
-    """out += scale_s * B_s (A_s x_t) for every row t with a slot s; base-only rows untouched."""
+    """out += w_t * scale_s * B_s (A_s x_t) for every row t with a slot s; base-only rows untouched."""
     groups = info.row_groups()
     if not groups.spans:
         return
     assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == x.dtype == out.dtype
     assert x.dim() == out.dim() == 2 and x.stride(1) == out.stride(1) == 1 and x.shape[0] == out.shape[0]
     assert a_offsets.dtype == b_offsets.dtype == torch.int64
+    if row_weights is not None:
+        assert row_weights.shape == (x.shape[0],) and row_weights.dtype == torch.float32
+        assert row_weights.is_contiguous() and row_weights.device == x.device
     rank = max(r for _, _, r, _ in groups.spans)
     if rank > MAX_LORA_RANK:  # a real check, not an assert: python -O would run the step without its deltas
         raise ValueError(f"LoRA rank {rank} is above {MAX_LORA_RANK}, the most lora.c accepts")
@@ -61,6 +65,7 @@ def lora_apply(
         ptr(b_offs),
         ctypes.c_int64(SMALL_GROUP_ROWS),
         ctypes.c_int64(torch.get_num_threads()),
+        None if row_weights is None else ptr(row_weights),
     )
     if status != 0:  # as above: never let a refused call pass silently
         raise ValueError(f"lora.c refused the shapes (status {status}, in={d_in}, max rank {info.max_rank})")
@@ -75,9 +80,11 @@ def lora_apply(
             continue
         a_t = pool.as_strided((d_in, r), (1, d_in), base + a_list[g]).to(cdt)  # (in, r) = A_s.T
         b_t = pool.as_strided((r, d_out), (1, r), base + b_list[g]).to(cdt)  # (r, out) = B_s.T
+        rows = slice(start, end) if groups.order is None else groups.order[start:end]  # (m,)
+        delta = x[rows].to(cdt) @ a_t @ b_t  # (m, out)
+        if row_weights is not None:
+            delta *= row_weights[rows].to(cdt)[:, None]
         if groups.order is None:
-            out[start:end].add_(x[start:end].to(cdt) @ a_t @ b_t, alpha=scale)  # (m, out)
+            out[start:end].add_(delta, alpha=scale)
         else:
-            rows = groups.order[start:end]  # (m,)
-            delta = x.index_select(0, rows).to(cdt) @ a_t @ b_t  # (m, out)
             out.index_add_(0, rows, delta.to(out.dtype), alpha=scale)

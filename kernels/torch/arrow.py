@@ -43,14 +43,26 @@ def entry_weights(weights: torch.Tensor, arrow: ArrowRows) -> torch.Tensor:
     return ew.index_put_((arrow.cand_entries[pad],), weights[pad])
 
 
-def arrow_apply(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow: ArrowRows, apply_rows) -> None:
-    """out (T, out) += each routed row's weighted candidate deltas; `apply_rows` (a LoRA kernel with the
-    signature of kernels.torch.lora.lora_apply) computes every entry's delta, then the weights mix them."""
-    w = entry_weights(arrow_weights(x, pool, proto_offsets, arrow), arrow)  # (E,)
+def arrow_apply(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow: ArrowRows, apply_rows=None,
+                apply_weighted=None, weigh=None) -> None:
+    """out (T, out) += each routed row's weighted candidate deltas. The entries' deltas come from
+    `apply_rows` (a LoRA kernel with kernels.torch.lora.lora_apply's signature; the weights are applied
+    after it) or `apply_weighted` (the same plus row_weights=, applied inside: kernels/cpu/lora.py, which
+    skips the entries of weight 0, so only the chosen candidates' factors are read). `weigh` (x, pool,
+    proto_offsets, arrow) -> (E,) entry weights replaces the twin's (kernels/cpu/arrow.py)."""
+    if weigh is not None:
+        w = weigh(x, pool, proto_offsets, arrow)  # (E,)
+    else:
+        w = entry_weights(arrow_weights(x, pool, proto_offsets, arrow), arrow)  # (E,)
     rows = arrow.entries.entry_rows  # (E,)
     delta = out.new_zeros(rows.shape[0], out.shape[1])  # (E, out)
-    apply_rows(x.index_select(0, rows), delta, pool, a_offsets, b_offsets, arrow.entries)
-    out.index_add_(0, rows, (delta.float() * w[:, None]).to(out.dtype))
+    xs = x.index_select(0, rows)  # (E, in)
+    if apply_weighted is not None:
+        apply_weighted(xs, delta, pool, a_offsets, b_offsets, arrow.entries, row_weights=w)
+    else:
+        apply_rows(xs, delta, pool, a_offsets, b_offsets, arrow.entries)
+        delta = (delta.float() * w[:, None]).to(out.dtype)
+    out.index_add_(0, rows, delta)
 
 
 def arrow_expand(

@@ -37,6 +37,7 @@ from server.api.tool_format import tool_choice_of
 from server.api.tool_render import ToolChatRenderer
 from server.engine.async_engine import EngineBusy, EngineDead
 from server.engine.llm_engine import EngineRequest, UnknownAdapter
+from server.engine.sequence import TokenRouting
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,11 @@ async def _route(
         decision = await ctx.routers.route_async(router_name, text)
     except EngineBusy as e:
         raise ServiceUnavailable(f"the server is busy: {e}", code="engine_busy", headers=ctx.state.retry_after) from e
-    mixture = decision.adapters if len(decision.adapters) > 1 else ()  # served as the weighted sum of their deltas
-    routed = [dataclasses.replace(r, adapter=None if mixture else decision.adapter, mixture=mixture) for r in reqs]
+    # several adapters: the weighted sum of their deltas; per-token routing: candidates mixed token by token
+    per_token = TokenRouting(*decision.routing) if decision.routing is not None and decision.adapters else None
+    mixture = decision.adapters if len(decision.adapters) > 1 or per_token else ()
+    routed = [dataclasses.replace(r, adapter=None if mixture else decision.adapter, mixture=mixture, routing=per_token)
+              for r in reqs]
     for name, _ in decision.adapters or ((None, 1.0),):
         ctx.metrics.router_choices.labels(router_name, name or "").inc()
     return decision, routed
@@ -120,7 +124,10 @@ def _route_info(ctx: ServerContext, decision: RouteDecision) -> tuple[dict, dict
     """Body field and header telling the client which adapter(s) a router chose."""
     body = {"adapter": decision.adapter, "router": decision.router, "scores": decision.scores,
             "fell_back": decision.fell_back}
-    if len(decision.adapters) > 1:
+    if decision.routing is not None:  # Arrow per token: the candidates each token routes among
+        body["per_token"] = {"candidates": [a for a, _ in decision.adapters], "top_k": decision.routing[0],
+                             "temperature": decision.routing[1]}
+    elif len(decision.adapters) > 1:
         body["mixture"] = [{"adapter": a, "weight": round(w, 4)} for a, w in decision.adapters]
     names = [a for a, _ in decision.adapters] if decision.adapters else [ctx.models.base_name]
     return body, {"x-loraplex-adapter": ",".join(header_names.encode(n) for n in names)}

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Iterable
 
+from router.arrow_token import ProxyInputs
 from router.contract import AdapterInfo, Features, RouteQuery, TaskRouter
 from router.decision import RouteDecision
 from router.kinds import build_router
@@ -26,10 +27,14 @@ class Routers:
         self.tokenizer = engine.tokenizer
         self._lock = threading.RLock()
         self.routers: dict[str, TaskRouter] = {
-            name: build_router(name, kind, engine.token_embeddings) for name, kind in specs.items()}
+            name: build_router(name, kind, engine.token_embeddings, self._proxy) for name, kind in specs.items()}
         for ref in engine.registry:
             self._add(ref)
         self._calibrate()  # before serving: the engine runs no step yet
+
+    def _proxy(self) -> ProxyInputs:
+        gains, eps = self.engine.norm_gains()
+        return ProxyInputs(self.engine.token_embeddings(), gains, eps, lambda t: self.tokenizer(t)["input_ids"])
 
     def adapter_added(self, ref: AdapterRef) -> None:
         """On the engine thread (prototypes read weights through the engine's host cache; calibration runs passes)."""

@@ -25,6 +25,7 @@ from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.outputs import SequenceDelta
 from server.memory.adapter_pages import ResidencyStats
 from server.memory.page_pool import PoolStats
+from server.model.norm_gains import projection_norm_gains
 from server.structured import GrammarCompiler
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,10 @@ class AsyncEngine:
     def token_embeddings(self) -> torch.Tensor:
         """(V, D) the base model's input embeddings (the embedding router reads them)."""
         return self.engine.runner.model.model.embed_tokens.weight
+
+    def norm_gains(self) -> tuple[dict[tuple[int, str], torch.Tensor], float]:
+        """The RMSNorm gains before q/k/v and gate/up, and eps (per-token Arrow's proxy inputs read them)."""
+        return projection_norm_gains(self.engine.runner.model)
 
     def adapter_weights(self, ref: AdapterRef) -> AdapterWeights:
         return self.engine.registry.weights(ref)

@@ -14,7 +14,9 @@ import torch
 
 from kernels import ops
 from kernels.arrow_rows import ArrowRows
-from kernels.torch.arrow import arrow_apply, arrow_expand, arrow_weights
+from kernels.cpu import arrow as cpu_arrow
+from kernels.cpu import lora as cpu_lora
+from kernels.torch.arrow import arrow_apply, arrow_expand, arrow_weights, entry_weights
 from kernels.torch.lora import lora_apply, lora_shrink
 from tests.kernels.triton_support import DEVICE, triton_skip  # sets TRITON_INTERPRET before kernels.triton loads
 
@@ -104,16 +106,24 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("small_rows", [0, 10**6], ids=["gemm", "c"])
 @pytest.mark.parametrize("case", SWEEP, ids=str)
 @pytest.mark.parametrize("size", SIZES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_twins_match_the_reference(dtype, size, case):
+def test_twins_match_the_reference(dtype, size, case, small_rows, monkeypatch):
+    monkeypatch.setattr(cpu_lora, "SMALL_GROUP_ROWS", small_rows)  # large groups take the GEMM path
     x, out0, pool, table, arrow, meta = _case(dtype, size, *case)
     ref = _reference(x, out0, pool, table, arrow, meta)
     for apply_rows in (lora_apply, ops._lora_apply_rows):  # torch twin, then the CPU dispatch (C kernel)
         out = out0.clone()
         arrow_apply(x, out, pool, table["a"], table["b"], table["v"], arrow, apply_rows)
         _check(out, ref, out0, arrow, dtype)
+    if cpu_arrow.available(x):  # the C weights equal the twin's
+        twin = entry_weights(arrow_weights(x, pool, table["v"], arrow), arrow)
+        torch.testing.assert_close(cpu_arrow.entry_weights(x, pool, table["v"], arrow), twin, atol=1e-5, rtol=1e-4)
+    out = out0.clone()  # what serves on CPUs: the C kernels weigh the entries and skip the unchosen ones
+    ops.arrow_apply(x, out, pool, table["a"], table["b"], table["v"], arrow)
+    _check(out, ref, out0, arrow, dtype)
     out = out0.clone()  # the fused kernel's twin, from the entries' shrink
     y = lora_shrink(x.index_select(0, arrow.entries.entry_rows), pool, table["a"], arrow.entries)
     arrow_expand(x, y, out, pool, table["b"], table["v"], arrow)

@@ -45,12 +45,14 @@ def idle(server):
 
 @pytest.fixture(scope="session")
 def routed_server(tmp_path_factory):
-    """The demo adapters behind routers: `auto` (embedding), `ops` (rules file), `arrow`, `blend` (arrow top-2)."""
+    """The demo adapters behind routers: `auto` (embedding), `ops` (rules file), `arrow`, `blend` (arrow top-2),
+    `tok` (arrow per token over 2 candidates)."""
     rules = tmp_path_factory.mktemp("rules") / "rules.json"
     rules.write_text('{"rules": [{"pattern": "^Reverse", "adapter": "reverse"}], "default": null}')
     s = start_server(
         tmp_path_factory.mktemp("routed"), "--adapter-dir", str(DEMO_ADAPTERS), "--router", "auto=embedding",
         "--router", f"ops=rules:{rules}", "--router", "arrow=arrow", "--router", "blend=arrow:top_k=2,fallback=off",
+        "--router", "tok=arrow:mode=token,top_k=2,temperature=1.0,candidates=2",
         "--allowed-adapter-root", str(DEMO_ADAPTERS), "--enable-adapter-admin",
     )
     yield s

@@ -1,0 +1,38 @@
+"""Per-token Arrow's entry weights on CPUs in one C call per projection (arrow.c); checked against the twin."""
+
+import ctypes
+
+import torch
+
+from kernels.arrow_rows import ArrowRows
+from kernels.cpu.build import load, ptr
+
+_FUNCS = {torch.float32: "arrow_weights_f32", torch.bfloat16: "arrow_weights_bf16"}
+MAX_CANDIDATES = 64
+
+
+def available(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in _FUNCS and load("arrow") is not None
+
+
+def entry_weights(
+    x: torch.Tensor,  # (T, in)
+    pool: torch.Tensor,  # (N,) flat unified pool, x's dtype
+    proto_offsets: torch.Tensor,  # (num_slots,) int64, prototype v_s (in,) of each slot; < 0 = not here
+    arrow: ArrowRows,
+) -> torch.Tensor:  # (E,) float32, weight of each (row, candidate) entry of arrow.entries; 0 = not chosen
+    R, C = arrow.cand_slots.shape
+    assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == x.dtype and x.stride(1) == 1
+    assert proto_offsets.dtype == torch.int64
+    proto_offsets = proto_offsets.contiguous()  # (num_slots,), a column of the step's (slots, L, M) table
+    if C > MAX_CANDIDATES:
+        raise ValueError(f"{C} candidates per row; arrow.c takes at most {MAX_CANDIDATES}")
+    w = torch.zeros(arrow.entries.num_rows)  # (E,)
+    status = getattr(load("arrow"), _FUNCS[x.dtype])(
+        ptr(x), ctypes.c_int64(x.stride(0)), ptr(pool), ctypes.c_int64(x.shape[1]), ptr(proto_offsets),
+        ctypes.c_int64(R), ctypes.c_int64(C), ptr(arrow.rows), ptr(arrow.cand_slots), ptr(arrow.cand_entries),
+        ptr(arrow.top_k), ptr(arrow.inv_temperature), ptr(w),
+    )
+    if status != 0:
+        raise ValueError(f"arrow.c refused the call (status {status})")
+    return w
