@@ -102,8 +102,11 @@ def _draw(
         if r.generator is not None:  # one number per seeded row, from its own stream
             u[j] = torch.rand(1, generator=r.generator, dtype=torch.float64)
     tokens = lp.inverse_cdf(probs, u)
-    bad = ~torch.isfinite(probs).all(-1) | (probs.gather(1, tokens[:, None]).squeeze(1) <= 0)
-    return torch.where(bad, logits.argmax(-1), tokens)
+    # a NaN anywhere makes the row's sum NaN; a token of probability 0 is float rounding at the CDF's end
+    bad = ~torch.isfinite(probs.sum(-1)) | (probs.gather(1, tokens[:, None]).squeeze(1) <= 0)
+    if bad.any():
+        tokens[bad] = logits[bad].argmax(-1)
+    return tokens
 
 
 def _logprobs(raw: torch.Tensor, rows: list[SampleRow], tokens: list[int]) -> list[TokenLogprob | None]:

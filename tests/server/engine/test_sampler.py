@@ -162,3 +162,12 @@ def test_top_k_top_p_on_candidates_equals_the_full_sort(monkeypatch, levels):
     got = lp.apply_top_k_top_p(logits, top_k, top_p)
     assert torch.equal(got[6], logits[6])  # neither filter on: untouched
     assert torch.isfinite(got[7, 10:20]).all() and torch.isinf(got[7]).sum() == 490  # top_k 5 keeps all ten ties
+
+
+def test_a_row_with_nothing_to_draw_takes_the_argmax(logits):
+    x = logits[:3].clone()
+    x[0] = float("-inf")
+    x[1, 5] = float("nan")
+    rows = [SampleRow(SamplingParams(temperature=1.0, top_p=0.5), None) for _ in range(3)]
+    tokens, _ = sample(x, rows, torch.Generator().manual_seed(0))
+    assert all(0 <= t < V for t in tokens)
