@@ -20,7 +20,6 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import kernels.ops as ops
 import server.engine.model_runner as runner_mod
-import server.model.llama as llama
 from server.config import EngineConfig
 from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.sampling_params import SamplingParams
@@ -44,8 +43,8 @@ def instrument() -> None:
     _wrap(ops, "store_kv", "kv_store")
     _wrap(ops, "lora_apply", "lora")
     _wrap(ops, "quant_matmul", "gemm")  # --weights gguf: the C matmul on GGUF blocks
-    _wrap(llama, "rotate", "rotary")
-    _wrap(llama.RMSNorm, "forward", "norm")
+    _wrap(ops, "rotary_", "rotary")
+    _wrap(ops, "add_rms_norm", "norm")
     _wrap(runner_mod, "sample", "sampling")
     _wrap(runner_mod.ModelRunner, "build", "step_tensors")
     _wrap(runner_mod.ModelRunner, "lora_step", "step_tensors")

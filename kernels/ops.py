@@ -13,12 +13,41 @@ def _use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and not _FORCE_TORCH
 
 
+def _cpu_elementwise(x: torch.Tensor):
+    """kernels/cpu/elementwise when it serves x (CPU, fp32, built), else None."""
+    if _FORCE_TORCH or x.device.type != "cpu":
+        return None
+    from kernels.cpu import elementwise
+
+    return elementwise if elementwise.available(x) else None
+
+
 def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     if _use_triton(k):
         from kernels.triton.kv_store import store_kv_fwd
 
         return store_kv_fwd(k, v, k_cache, v_cache, slot_mapping)
+    if (cpu := _cpu_elementwise(k)) is not None:
+        return cpu.store_kv(k, v, k_cache, v_cache, slot_mapping)
     return torch_ops.store_kv(k, v, k_cache, v_cache, slot_mapping)
+
+
+def add_rms_norm(x, res, weight, eps):
+    """(x += res in place, when given) then weight * x / rms(x): (T, D) -> (T, D)."""
+    if x.dim() == 2 and (cpu := _cpu_elementwise(x)) is not None:
+        return cpu.add_rms_norm(x, res, weight, eps)
+    from kernels.torch.rms_norm import add_rms_norm as twin
+
+    return twin(x, res, weight, eps)
+
+
+def rotary_(q, k, cos, sin) -> None:
+    """q (T, H, hd) and k (T, KH, hd) rotated in place by cos/sin (T, hd)."""
+    if (cpu := _cpu_elementwise(q)) is not None:
+        return cpu.rotary_(q, k, cos, sin)
+    from kernels.torch.rotary import rotary_ as twin
+
+    return twin(q, k, cos, sin)
 
 
 def paged_attention_decode(q, k_cache, v_cache, block_tables, context_lens, scale):

@@ -35,6 +35,8 @@ EXTRA_FLAGS = {
     "lora": ["-fopenmp"],
     # No contraction: d*q + m must round twice, as gguf's dequantize does; the dot products write their FMAs.
     "quant_matmul": ["-fopenmp", "-ffp-contract=off"],
+    # No contraction: rotary's products round as torch's do (bit for bit the twin).
+    "elementwise": ["-fopenmp", "-ffp-contract=off"],
 }
 # Linked without -ffast-math: gcc < 13 would add crtfastmath.o to the .so, whose constructor turns on
 # flush-to-zero for the whole process when it loads (subnormals vanish everywhere, not just here).

@@ -26,10 +26,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """norm(x); with residual, x += residual first, in place (the residual stream's add, fused)."""
+        return ops.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class Rotary(nn.Module):
@@ -66,13 +65,6 @@ def project_together(fused: nn.Module | None, projs: tuple[nn.Module, ...], x: t
     return fused(x, step, projs)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (T, heads, hd); cos/sin (T, hd)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos[:, None] + rotated * sin[:, None]
-
-
 class Attention(nn.Module):
     def __init__(self, config: PretrainedConfig):
         super().__init__()
@@ -94,7 +86,7 @@ class Attention(nn.Module):
         q = q.view(T, self.num_heads, self.head_dim)  # (T, H, hd)
         k = k.view(T, self.num_kv_heads, self.head_dim)  # (T, kvh, hd)
         v = v.view(T, self.num_kv_heads, self.head_dim)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        ops.rotary_(q, k, cos, sin)
         k_cache, v_cache = kv
         ops.store_kv(k, v, k_cache, v_cache, batch.slot_mapping)
         p = batch.num_prefill_tokens
@@ -140,8 +132,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, step: ForwardStep, kv):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, step, kv)
-        return x + self.mlp(self.post_attention_layernorm(x), step)
+        """x (T, D) -> (T, D); x itself is the residual stream, updated in place."""
+        attn = self.self_attn(self.input_layernorm(x), cos, sin, step, kv)
+        return x.add_(self.mlp(self.post_attention_layernorm(x, attn), step))
 
 
 class LlamaBackbone(nn.Module):
