@@ -163,3 +163,20 @@ def test_prompt_logprobs_equal_transformers_over_chunked_prefill(make_engine, ch
             for j, lp in enumerate(plp[1:]):
                 torch.testing.assert_close(torch.tensor([v for _, v in lp.top]), ref[j].topk(4).values,
                                            atol=1e-4, rtol=0)
+
+
+def test_prompt_logprobs_survive_preemption_mid_prefill(make_engine, checkpoint):
+    """A sequence preempted between prefill chunks recomputes them; its prompt logprobs are scored once."""
+    tok = checkpoint.tokenizer
+    prompt = tok("The quick brown fox jumps over the lazy dog. " * 4)["input_ids"]
+    params = SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=1)
+    whole = run(make_engine(max_batch_tokens=16), [EngineRequest("w", prompt, params)])[("w", 0)]
+    engine = make_engine(max_batch_tokens=16)
+    engine.add_request(EngineRequest("p", prompt, params))
+    deltas = engine.step() + engine.step()  # two chunks of the prompt, nothing sampled yet
+    assert not deltas and engine.scheduler.running[0].num_computed == 32
+    engine.scheduler._preempt(engine.scheduler.running[0])  # what a full pool does to the newest sequence
+    got = run(engine, [])[("p", 0)]
+    assert [lp and (lp.token_id, lp.logprob) for lp in got[0].prompt_logprobs] == \
+        [lp and (lp.token_id, lp.logprob) for lp in whole[0].prompt_logprobs]
+    assert len(got[0].prompt_logprobs) == len(prompt)
