@@ -76,8 +76,9 @@ class ArrowOptions:
         if (opts.top_k < 1 or opts.temperature <= 0 or opts.max_tokens < 1 or opts.fallback not in FALLBACKS
                 or not 0 < opts.alpha < 1):
             raise ValueError(f"arrow options out of range: {opts}")
-        if opts.mode not in ("request", "token") or opts.candidates < 1 or opts.rank not in ("pass", "proxy"):
-            raise ValueError(f"arrow options: mode is request or token, candidates >= 1, rank pass or proxy "
+        # candidates <= 8: a request's adapters are at most the engine's MAX_MIXTURE
+        if opts.mode not in ("request", "token") or not 1 <= opts.candidates <= 8 or opts.rank not in ("pass", "proxy"):
+            raise ValueError(f"arrow options: mode is request or token, candidates 1..8, rank pass or proxy "
                              f"(got {opts})")
         return opts
 

@@ -63,8 +63,9 @@ def test_kinds_build_it_from_the_spec(proxy):
     assert isinstance(r, TokenArrowRouter) and r.options.candidates == 5 and r.options.top_k == 3
     with pytest.raises(ValueError, match="mode"):
         ArrowOptions.parse("mode=tokens")
-    with pytest.raises(ValueError, match="candidates"):
-        ArrowOptions.parse("mode=token,candidates=0")
+    for bad in ("0", "9"):
+        with pytest.raises(ValueError, match="candidates"):
+            ArrowOptions.parse(f"mode=token,candidates={bad}")
 
 
 def test_pass_ranking_runs_no_pass_while_every_adapter_is_a_candidate(proxy):
