@@ -64,7 +64,8 @@ def apply_min_p_top_k_top_p(
     for C in LEVELS:
         if C >= V or not len(pending):
             break
-        closed, kept = _on_candidates(logits[pending], min_p[pending], top_k[pending], top_p[pending], C)
+        rows = logits if len(pending) == S else logits[pending]  # (R, V)
+        closed, kept = _on_candidates(rows, min_p[pending], top_k[pending], top_p[pending], C)
         out[pending[closed]] = kept
         pending = pending[~closed]
     if len(pending):
@@ -85,7 +86,7 @@ def _on_candidates(logits: torch.Tensor, min_p: torch.Tensor, k: torch.Tensor, p
     """Rows (R, V) filtered on their best C tokens -> closed (R,) bool, the closed rows' filtered logits (F, V)."""
     V = logits.shape[1]
     vals, idx = logits.topk(C, dim=-1)  # (R, C) best first
-    lse_all = torch.logsumexp(logits, -1)  # (R,)
+    lse_all = vals[:, 0] + (logits - vals[:, :1]).exp_().sum(-1).log()  # (R,) the row's max is its best candidate
     in_min_p = (vals - lse_all[:, None]).exp() >= min_p[:, None] * (vals[:, :1] - lse_all[:, None]).exp()
     min_p_closed = ~in_min_p[:, -1]  # the C-th is out already: so is everything past it
     k_in = k < C  # the (k+1)th candidate shows whether kth's ties go on past the candidates

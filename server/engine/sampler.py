@@ -134,9 +134,15 @@ def sample(
     assert logits.dim() == 2 and logits.shape[0] == len(rows)
     raw = logits.float()
     logits = process(raw, rows, eos_ids)  # (S, V)
-    tokens = logits.argmax(-1)  # (S,) greedy rows keep these
     rand = _rows_where(rows, lambda r: not r.params.greedy)
-    if rand:
-        tokens[rand] = _draw(logits[rand], [rows[i] for i in rand], default_generator)
+    if not rand:
+        tokens = logits.argmax(-1)  # (S,)
+    else:
+        tokens = torch.zeros(len(rows), dtype=torch.int64)
+        greedy = _rows_where(rows, lambda r: r.params.greedy)
+        if greedy:
+            tokens[greedy] = logits[greedy].argmax(-1)
+        sub = logits if len(rand) == len(rows) else logits[rand]  # (R, V)
+        tokens[rand] = _draw(sub, [rows[i] for i in rand], default_generator)
     chosen = tokens.tolist()
     return chosen, _logprobs(raw, rows, chosen)
