@@ -81,9 +81,13 @@ def lora_apply(
         a_t = pool.as_strided((d_in, r), (1, d_in), base + a_list[g]).to(cdt)  # (in, r) = A_s.T
         b_t = pool.as_strided((r, d_out), (1, r), base + b_list[g]).to(cdt)  # (r, out) = B_s.T
         rows = slice(start, end) if groups.order is None else groups.order[start:end]  # (m,)
+        if row_weights is not None:  # only the rows of nonzero weight (per-token Arrow's chosen entries)
+            rows = torch.arange(start, end) if groups.order is None else rows
+            rows = rows[row_weights[rows] != 0]  # (m',)
+            delta = x.index_select(0, rows).to(cdt) @ a_t @ b_t * row_weights[rows, None].to(cdt)  # (m', out)
+            out.index_add_(0, rows, delta.to(out.dtype), alpha=scale)
+            continue
         delta = x[rows].to(cdt) @ a_t @ b_t  # (m, out)
-        if row_weights is not None:
-            delta *= row_weights[rows].to(cdt)[:, None]
         if groups.order is None:
             out[start:end].add_(delta, alpha=scale)
         else:
