@@ -1,9 +1,10 @@
 """lm-evaluation-harness: a local multiple-choice task through `local-completions` (echo + logprobs against a
-live fp32 server) scores exactly as `--model hf` on the same base directory in fp32."""
+live fp32 server) scores exactly as `hf` on the same base directory in fp32: equal accuracy, per-choice
+loglikelihoods to 1e-4. The served run is the `lm_eval run --model local-completions` CLI; the reference is
+the harness's own `hf` model through simple_evaluate (what the CLI calls), in this process, meanwhile."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,8 @@ QUESTIONS = [
     ("def add(a, b):\n    return a", [" + b", " * b", " - b"], 0),
 ]
 TASK = "loraplex_mc"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
 YAML = """task: {task}
 dataset_path: json
 dataset_kwargs:
@@ -41,25 +44,32 @@ metric_list:
 """
 
 
-def start_lm_eval(tasks: Path, out: Path, model: str, model_args: str) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_CACHE": str(out / "datasets"), "TOKENIZERS_PARALLELISM": "false"}
+def cli(tasks: Path, out: Path, model: str, model_args: str) -> subprocess.Popen:
+    """`lm_eval run` as a user types it, writing its samples under out."""
     cmd = [str(Path(sys.executable).with_name("lm_eval")), "run", "--model", model, "--model_args", model_args,
            "--tasks", TASK, "--include_path", str(tasks), "--batch_size", "8", "--device", "cpu", "--log_samples",
            "--output_path", str(out)]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env={**os.environ, **OFFLINE, "HF_DATASETS_CACHE": str(out / "datasets")},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def lm_eval_results(proc: subprocess.Popen, out: Path) -> tuple[float, dict[int, list[float]]]:
-    """Accuracy and each document's per-choice loglikelihoods."""
+def cli_results(proc: subprocess.Popen, out: Path) -> tuple[float, dict[int, list[float]]]:
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log[-4000:]
     results = json.loads(next(out.rglob("results_*.json")).read_text())
-    lls = {}
-    for line in next(out.rglob(f"samples_{TASK}_*.jsonl")).read_text().splitlines():
-        s = json.loads(line)
-        lls[s["doc_id"]] = [float(r[0][0]) for r in s["resps"]]
-    return results["results"][TASK]["acc,none"], lls
+    samples = [json.loads(line) for line in next(out.rglob(f"samples_{TASK}_*.jsonl")).read_text().splitlines()]
+    return results["results"][TASK]["acc,none"], {s["doc_id"]: [float(r[0][0]) for r in s["resps"]] for s in samples}
+
+
+def in_process(tasks: Path, model: str, model_args: str) -> tuple[float, dict[int, list[float]]]:
+    """What the CLI computes, through its own call (simple_evaluate), without a second start-up."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    out = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=[TASK], batch_size=8, device="cpu",
+                                  task_manager=TaskManager(include_path=str(tasks)), log_samples=True)
+    lls = {s["doc_id"]: [float(r[0][0]) for r in s["resps"]] for s in out["samples"][TASK]}
+    return out["results"][TASK]["acc,none"], lls
 
 
 @pytest.fixture(scope="module")
@@ -69,30 +79,29 @@ def fp32_server(tmp_path_factory):
     stop_server(s)
 
 
-def test_local_completions_scores_as_hf(tmp_path, fp32_server, checkpoint):
-    if shutil.which("lm_eval", path=str(Path(sys.executable).parent)) is None:
+def test_local_completions_scores_as_hf(tmp_path, fp32_server, checkpoint, monkeypatch):
+    if not Path(sys.executable).with_name("lm_eval").exists():
         pytest.skip("the lm_eval console script is missing")
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     data = tasks / "data.json"
     data.write_text(json.dumps([{"question": q, "choices": c, "answer": a} for q, c, a in QUESTIONS]))
     (tasks / f"{TASK}.yaml").write_text(YAML.format(task=TASK, data=data))
     hf_dir = checkpoint.directory
-    runs = {  # side by side: most of each run is the harness starting up
-        "served": start_lm_eval(
-            tasks, tmp_path / "served", "local-completions",
-            f"model={MODEL},base_url={fp32_server.url}/v1/completions,tokenizer_backend=huggingface,"
-            f"tokenizer={hf_dir},tokenized_requests=True,num_concurrent=1,max_retries=1",
-        ),
-        "hf": start_lm_eval(tasks, tmp_path / "hf", "hf", f"pretrained={hf_dir},dtype=float32"),
-    }
+    # the served run is the CLI, as users run it; the hf reference runs meanwhile in this process
+    proc = cli(tasks, tmp_path / "served", "local-completions",
+               f"model={MODEL},base_url={fp32_server.url}/v1/completions,tokenizer_backend=huggingface,"
+               f"tokenizer={hf_dir},tokenized_requests=True,num_concurrent=1,max_retries=1")
     try:
-        served, reference = (lm_eval_results(proc, tmp_path / name) for name, proc in runs.items())
+        reference = in_process(tasks, "hf", f"pretrained={hf_dir},dtype=float32")
+        served = cli_results(proc, tmp_path / "served")
     finally:
-        for proc in runs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert served[0] == reference[0]
     assert served[1].keys() == reference[1].keys() == set(range(len(QUESTIONS)))
     for doc, lls in reference[1].items():
