@@ -9,7 +9,7 @@ from kernels.limits import MAX_LORA_RANK
 __all__ = ["DTYPES", "WEIGHTS", "EngineConfig", "cpu_has_fast_bf16", "default_cache_dir", "resolve_dtype"]
 
 DTYPES = ("auto", "bfloat16", "float32", "float16")
-WEIGHTS = ("auto", "fp32", "gguf")
+WEIGHTS = ("auto", "fp32", "bf16", "gguf")
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -32,7 +32,8 @@ class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None = the embedded SmolLM2-135M-Instruct
     dtype: str = "auto"  # bfloat16 on CUDA and on CPUs with native bf16 (AMX), else float32
     # weight precision: "gguf" serves a .gguf model's Q8_0/Q4_0/Q4_1 blocks as they are (activations stay in
-    # fp32); "fp32" dequantizes every weight to the compute dtype; "auto" = gguf for a .gguf model on CPUs
+    # fp32); "fp32" dequantizes every weight to the compute dtype; "bf16" rounds the matmul weights to bfloat16
+    # (CPU: fp32 activations, fp32 accumulation, half the bytes per step); "auto" = gguf for a .gguf model on CPUs
     # where the quantized matmul kernel builds, else fp32 (server/model/loader.py resolve_weights)
     weights: str = "auto"
     device: str = "cpu"

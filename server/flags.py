@@ -67,8 +67,9 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
     f.add("--dtype", "compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32",
           choices=["auto", "bfloat16", "float32"], default="auto")
     f.add("--weights", "weight precision: gguf = a .gguf model's own Q8_0/Q4_0/Q4_1 blocks (matmuls dequantize "
-          "them on the fly, activations stay fp32), fp32 = every weight dequantized to the compute dtype; "
-          "auto = gguf for a .gguf model on CPU, else fp32", choices=["auto", "fp32", "gguf"], default="auto")
+          "them on the fly, activations stay fp32), fp32 = every weight dequantized to the compute dtype, "
+          "bf16 = matmul weights rounded to bfloat16 with fp32 activations and accumulation (CPU); "
+          "auto = gguf for a .gguf model on CPU, else fp32", choices=["auto", "fp32", "bf16", "gguf"], default="auto")
     f.add("--device", "compute device; auto = cuda when available, else cpu", choices=["auto", "cpu", "cuda"],
           default="auto")
     f.add("--pool-mb", "unified memory pool (KV pages + adapter pages), MiB", type=int, default=512, metavar="MIB")

@@ -1,5 +1,6 @@
-/* y = x @ dequant(W)^T on CPUs, W in GGUF blocks (Q8_0, Q4_0, Q4_1) of 32 inputs each, or in F32
-   "blocks" (32 plain floats: dense fp32 weights viewed as bytes, no copy), which only skip the dequantize.
+/* y = x @ dequant(W)^T on CPUs, W in GGUF blocks (Q8_0, Q4_0, Q4_1) of 32 inputs each, or in F32 / BF16
+   "blocks" (32 plain floats or bfloat16s: dense weights viewed as bytes, no copy); bf16 widens exactly to
+   fp32, so a BF16 weight's matmul is the fp32 matmul on its values, accumulated in fp32.
 
    The weights stay in their blocks and are dequantized inside the dot products; x stays fp32
    (llama.cpp quantizes activations to 8 bits, we do not). Each weight comes out as the exact float
@@ -17,14 +18,14 @@
 #include <immintrin.h>
 #endif
 
-enum { F32 = 0, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8 }; /* ggml_type values */
+enum { F32 = 0, Q4_0 = 2, Q4_1 = 3, Q8_0 = 8, BF16 = 30 }; /* ggml_type values */
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 enum { QK = 32, NT = 8, KC = 512, MAX_GEMV_ROWS = 4 };
 
 #define INLINE static inline __attribute__((always_inline))
 
 static int block_bytes(int64_t type) {
-    return type == Q8_0 ? 34 : type == Q4_0 ? 18 : type == Q4_1 ? 20 : type == F32 ? 4 * QK : 0;
+    return type == Q8_0 ? 34 : type == Q4_0 ? 18 : type == Q4_1 ? 20 : type == F32 ? 4 * QK : type == BF16 ? 2 * QK : 0;
 }
 
 static float fp16_to_f32(const uint8_t *p) { /* exact, subnormals and inf/NaN included */
@@ -54,6 +55,13 @@ static float fp16_to_f32(const uint8_t *p) { /* exact, subnormals and inf/NaN in
 static void dequant_scalar(int type, const uint8_t *b, float *w) {
     if (type == F32) {
         memcpy(w, b, sizeof(float) * QK);
+        return;
+    }
+    if (type == BF16) {
+        for (int i = 0; i < QK; i++) {
+            const uint32_t u = (uint32_t)(b[2 * i] | b[2 * i + 1] << 8) << 16;
+            memcpy(w + i, &u, 4);
+        }
         return;
     }
     const float d = fp16_to_f32(b);
@@ -114,6 +122,13 @@ AVX2 INLINE void dequant_avx2(int type, const uint8_t *b, __m256 w[4]) {
         for (int i = 0; i < 4; i++) w[i] = _mm256_loadu_ps((const float *)b + 8 * i);
         return;
     }
+    if (type == BF16) {
+        for (int i = 0; i < 4; i++) {
+            const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * i)));
+            w[i] = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+        }
+        return;
+    }
     const __m256 d = _mm256_set1_ps(f16_avx2(b));
     if (type == Q8_0) {
         for (int i = 0; i < 4; i++) {
@@ -172,6 +187,10 @@ AVX2 INLINE void rows_avx2_body(int type, int R, const uint8_t *wrow, int64_t nb
         case F32 * 8 + 2: BODY(F32, 2, __VA_ARGS__); break;                                          \
         case F32 * 8 + 3: BODY(F32, 3, __VA_ARGS__); break;                                          \
         case F32 * 8 + 4: BODY(F32, 4, __VA_ARGS__); break;                                          \
+        case BF16 * 8 + 1: BODY(BF16, 1, __VA_ARGS__); break;                                        \
+        case BF16 * 8 + 2: BODY(BF16, 2, __VA_ARGS__); break;                                        \
+        case BF16 * 8 + 3: BODY(BF16, 3, __VA_ARGS__); break;                                        \
+        case BF16 * 8 + 4: BODY(BF16, 4, __VA_ARGS__); break;                                        \
         case Q8_0 * 8 + 1: BODY(Q8_0, 1, __VA_ARGS__); break;                                        \
         case Q8_0 * 8 + 2: BODY(Q8_0, 2, __VA_ARGS__); break;                                        \
         case Q8_0 * 8 + 3: BODY(Q8_0, 3, __VA_ARGS__); break;                                        \
@@ -239,6 +258,13 @@ AVX512 INLINE void dequant_avx512(int type, const uint8_t *b, __m512 w[2]) {
     if (type == F32) {
         w[0] = _mm512_loadu_ps((const float *)b);
         w[1] = _mm512_loadu_ps((const float *)b + 16);
+        return;
+    }
+    if (type == BF16) {
+        for (int i = 0; i < 2; i++) {
+            const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(b + 32 * i)));
+            w[i] = _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+        }
         return;
     }
     const __m512 d = _mm512_set1_ps(f16_avx2(b));

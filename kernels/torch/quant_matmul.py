@@ -6,6 +6,7 @@ A block holds 32 consecutive inputs of one output row; a row of W is in_features
   Q4_0 (18 bytes): fp16 d, 16 bytes of nibbles -> w = d * (q - 8)
   Q4_1 (20 bytes): fp16 d, fp16 m, 16 bytes    -> w = d * q + m (two roundings, no FMA)
   F32 (128 bytes): 32 float32, as they are (a dense fp32 weight viewed as bytes: the same kernels serve it)
+  BF16 (64 bytes): 32 bfloat16, widened to fp32 (exact)
 Byte i's low nibble is input i of the block, its high nibble input i + 16 (ggml's order).
 The products are gguf's own dequantize, float for float; activations are never quantized.
 """
@@ -13,10 +14,10 @@ The products are gguf's own dequantize, float for float; activations are never q
 import torch
 import torch.nn.functional as F
 
-F32, Q4_0, Q4_1, Q8_0 = 0, 2, 3, 8  # ggml_type values
+F32, Q4_0, Q4_1, Q8_0, BF16 = 0, 2, 3, 8, 30  # ggml_type values
 BLOCK = 32  # inputs per block
-BLOCK_BYTES = {F32: 128, Q4_0: 18, Q4_1: 20, Q8_0: 34}
-TYPE_NAMES = {F32: "F32", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0"}
+BLOCK_BYTES = {F32: 128, Q4_0: 18, Q4_1: 20, Q8_0: 34, BF16: 64}
+TYPE_NAMES = {F32: "F32", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0", BF16: "BF16"}
 
 
 def check_inputs(x: torch.Tensor, blocks: torch.Tensor, qtype: int) -> int:
@@ -39,6 +40,8 @@ def dequantize(blocks: torch.Tensor, qtype: int) -> torch.Tensor:
     rows = blocks.shape[0]
     if qtype == F32:
         return blocks.view(torch.float32)
+    if qtype == BF16:
+        return blocks.view(torch.bfloat16).float()
     b = blocks.reshape(rows, -1, BLOCK_BYTES[qtype])  # (rows, n, bb)
     d = b[..., :2].contiguous().view(torch.float16).float()  # (rows, n, 1)
     if qtype == Q8_0:

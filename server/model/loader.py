@@ -146,12 +146,15 @@ def resolve_weights(weights: str, ckpt: Checkpoint, device: str) -> str:
         return "gguf" if native else "fp32"
     if weights == "gguf" and ckpt.source is None:
         raise ValueError(f"--weights gguf needs a .gguf model; {ckpt.directory} is an HF directory")
+    if weights == "bf16" and device != "cpu":
+        raise ValueError("--weights bf16 is the CPU kernel's; on a GPU use --dtype bfloat16")
     return weights
 
 
 def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device: str, weights: str = "fp32"):
     """Our model with the checkpoint's weights, in dtype on device (built on meta: no random init).
-    weights (EngineConfig.weights): "gguf" keeps a GGUF file's Q8_0/Q4_0/Q4_1 tensors as blocks."""
+    weights (EngineConfig.weights): "gguf" keeps a GGUF file's Q8_0/Q4_0/Q4_1 tensors as blocks; "bf16" rounds
+    the matmul weights to bfloat16 (fp32 activations and accumulation, CPU)."""
     from server.model.fused import fuse_projections
     from server.model.llama import LlamaForCausalLM, Rotary
 
@@ -173,8 +176,8 @@ def build_model(ckpt: Checkpoint, max_positions: int, dtype: torch.dtype, device
     from kernels.cpu.build import load
 
     if device == "cpu" and dtype == torch.float32 and load("quant_matmul") is not None:
-        from server.model.dense_cpu import serve_fp32_with_cpu_kernel
+        from server.model.dense_cpu import BF16, F32, serve_with_cpu_kernel
 
-        serve_fp32_with_cpu_kernel(model)
+        serve_with_cpu_kernel(model, BF16 if weights == "bf16" else F32)
     fuse_projections(model)
     return model

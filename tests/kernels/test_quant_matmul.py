@@ -9,7 +9,7 @@ import torch
 
 from kernels import ops
 from kernels.cpu import quant_matmul as cpu_quant
-from kernels.torch.quant_matmul import BLOCK_BYTES, F32, Q4_0, Q4_1, Q8_0, TYPE_NAMES, dequantize, quant_matmul
+from kernels.torch.quant_matmul import BF16, BLOCK_BYTES, F32, Q4_0, Q4_1, Q8_0, TYPE_NAMES, dequantize, quant_matmul
 
 needs_cc = pytest.mark.skipif(not cpu_quant.available(torch.zeros(1)), reason="no C compiler: the CPU kernel is off")
 
@@ -203,3 +203,31 @@ def test_f32_dispatch_by_rows():
     x_few, x_many = torch.zeros(cpu_quant.F32_MAX_ROWS, 32), torch.zeros(cpu_quant.F32_MAX_ROWS + 1, 32)
     assert cpu_quant.serves(x_few, F32) and not cpu_quant.serves(x_many, F32)
     assert cpu_quant.serves(x_many, Q4_1)  # quantized weights have no dense GEMM to go back to
+
+
+def bf16_blocks(rows: int, k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    w = torch.randn(rows, k, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+    return w.float(), w.view(torch.uint8)  # the exact widened values, (rows, 2k) uint8
+
+
+@needs_cc
+@pytest.mark.parametrize("isa", isas())
+@pytest.mark.parametrize("gemv_rows", [0, 64], ids=["tiled", "registers"])
+def test_c_kernel_widens_bf16_weights_exactly(isa, gemv_rows):
+    w, blocks = bf16_blocks(21, 576, seed=1)
+    assert torch.equal(dequantize(blocks, BF16), w)
+    assert torch.equal(cpu_quant.run(torch.eye(576), blocks, BF16, isa=isa, gemv_rows=gemv_rows).T, w)
+
+
+@needs_cc
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_c_kernel_bf16_sweep(rows, shape, threads):
+    threads(2)
+    w, blocks = bf16_blocks(*shape, seed=rows)
+    x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(rows))
+    for isa in isas():
+        for gemv_rows in (0, cpu_quant.GEMV_MAX_ROWS, 64):
+            assert_matmul_close(cpu_quant.run(x, blocks, BF16, isa=isa, gemv_rows=gemv_rows), x, w)
+    assert_matmul_close(ops.quant_matmul(x, blocks, BF16), x, w)
+    assert_matmul_close(quant_matmul(x, blocks, BF16), x, w)

@@ -41,3 +41,10 @@ def test_an_hf_directory_has_no_blocks(checkpoint):
     assert resolve_weights("auto", hf, "cpu") == "fp32"
     with pytest.raises(ValueError, match="needs a .gguf model"):
         resolve_weights("gguf", hf, "cpu")
+
+
+def test_bf16_weights_are_a_cpu_choice(checkpoint):
+    assert parse(["serve", "--weights", "bf16"]).weights == "bf16"
+    assert resolve_weights("bf16", checkpoint, "cpu") == "bf16"
+    with pytest.raises(ValueError, match="--dtype bfloat16"):
+        resolve_weights("bf16", checkpoint, "cuda")
