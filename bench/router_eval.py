@@ -29,8 +29,9 @@ from server.engine.sampling_params import SamplingParams
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"demo": REPO / "server" / "adapters" / "demo", "validation": REPO / "bench" / "validation"}
 # chosen on the demo set; `arrow-fixed` is the rule before issue 17 (a score threshold fitted on the demo set)
-KINDS = {"auto": "embedding", "arrow": "arrow", "arrow-top2": "arrow:top_k=2",
-         "arrow-fixed": "arrow:fallback=threshold,threshold=1.25"}
+# and `auto-fixed` the embedding router's (a similarity threshold fitted on the demo set)
+KINDS = {"auto": "embedding", "auto-fixed": "embedding:fallback=threshold,threshold=0.45", "arrow": "arrow",
+         "arrow-top2": "arrow:top_k=2", "arrow-fixed": "arrow:fallback=threshold,threshold=1.25"}
 TIMED = 20  # prompts whose routing is timed per router (each its own pass)
 
 Choice = str | None | tuple[tuple[str, float], ...]  # adapter, base, or a mixture
@@ -95,6 +96,15 @@ def evaluate(folder: Path) -> dict:
     rep["false_fallback_rate"] = {n: rate(d[n].fell_back for d in chosen) for n in names}
     rep["true_fallback_rate_off_task"] = {n: rate(d[n].fell_back for d in generic) for n in names}
     rep["mixtures"] = {n: sum(len(d[n].adapters) > 1 for d in chosen) for n in names}
+    emb = routers.routers["auto"]  # its fallback=generic margins: z of the adapter chosen, by its own generic bar
+    tok = engine.tokenizer
+
+    def z(text: str, d: RouteDecision) -> float:
+        return emb.z(next(iter(d.scores)), tok(text)["input_ids"])  # scores: the best first
+
+    rep["auto_z"] = {"bar": emb._built().bar,
+                     "on_task_min": min(z(r["prompt"], d["auto"]) for d, r in pairs),
+                     "off_task_max": max(z(t, d["auto"]) for d, t in zip(generic, GENERIC_PROMPTS, strict=True))}
 
     def task_acc(choices: list[Choice]) -> float:
         outs = outputs.get([(r["prompt"], r["task"], c) for r, c in zip(rows, choices, strict=True)])

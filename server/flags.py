@@ -57,7 +57,8 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
           switch=True)
     f.add("--admin-key", "the adapter admin routes need `Authorization: Bearer KEY` (default: the API key, if any)",
           metavar="KEY")
-    f.add("--router", "expose a task router as model NAME: NAME=embedding, NAME=rules:FILE.json or "
+    f.add("--router", "expose a task router as model NAME: NAME=embedding[:k=K,fallback=generic|threshold|off,...], "
+          "NAME=rules:FILE.json or "
           "NAME=arrow[:KEY=VALUE,...] (top_k, temperature, fallback=generic|threshold|off, alpha, threshold, "
           "mode=request|token (token: every token at every layer mixes top_k of the request's candidates), "
           "candidates=M, rank=pass|proxy, ...; see the README's Routers section)", repeat=True,

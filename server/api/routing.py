@@ -27,10 +27,14 @@ class Routers:
         self.tokenizer = engine.tokenizer
         self._lock = threading.RLock()
         self.routers: dict[str, TaskRouter] = {
-            name: build_router(name, kind, engine.token_embeddings, self._proxy) for name, kind in specs.items()}
+            name: build_router(name, kind, engine.token_embeddings, self._proxy, self._tokenize)
+            for name, kind in specs.items()}
         for ref in engine.registry:
             self._add(ref)
         self._calibrate()  # before serving: the engine runs no step yet
+
+    def _tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
 
     def _proxy(self) -> ProxyInputs:
         gains, eps = self.engine.norm_gains()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from router.embedding import EmbeddingRouter
+from router.embedding import EmbeddingOptions, EmbeddingRouter
 from server.adapters.metadata import MAX_EXAMPLES, MAX_TEXT_CHARS, METADATA_FILE
 from server.adapters.registry import AdapterRegistry
 from server.adapters.types import AdapterError
@@ -68,7 +68,8 @@ def test_adapter_dir_skips_a_bad_file_and_serves_the_rest(tiny_config, make_adap
 
 
 def test_an_example_of_no_tokens_never_makes_a_nan_score():
-    router = EmbeddingRouter("auto", torch.randn(50, 8, generator=torch.Generator().manual_seed(0)), threshold=-1)
+    router = EmbeddingRouter("auto", torch.randn(50, 8, generator=torch.Generator().manual_seed(0)),
+                             EmbeddingOptions(fallback="off"))
     router.add("empty", [[]])
     router.add("a", [[], [1, 2, 3]])
     router.add("b", [[7, 8]])

@@ -20,20 +20,27 @@ def kinds(tmp_path):
     return {"auto": "embedding", "ops": f"rules:{rules}", "arrow": "arrow", "blend": "arrow:top_k=2,fallback=off"}
 
 
+def _tokenize(text: str) -> list[int]:  # a toy tokenizer over a 16-token vocabulary
+    return [ord(c) % 16 for c in text[:6]]
+
+
 def test_each_kind_builds_a_task_router_that_says_what_it_needs(kinds):
     table = torch.randn(16, 8)
-    built = {name: build_router(name, kind, lambda: table) for name, kind in kinds.items()}
+    built = {name: build_router(name, kind, lambda: table, tokenize=_tokenize) for name, kind in kinds.items()}
     assert all(isinstance(r, TaskRouter) and r.name == n for n, r in built.items())
     assert {n: r.needs for n, r in built.items()} == {
         "auto": "tokens", "ops": "text", "arrow": "features", "blend": "features"}
     assert built["arrow"].calibration_prompts and built["arrow"].max_prompt_tokens == 256
     with pytest.raises(ValueError, match="unknown kind"):
         build_router("x", "nearest", lambda: table)
+    with pytest.raises(ValueError, match="needs the tokenizer"):
+        build_router("auto", "embedding", lambda: table)
+    assert build_router("auto", "embedding:fallback=off", lambda: table).options.fallback == "off"
 
 
 def test_adapters_come_and_go_through_the_contract(kinds):
     table = torch.randn(16, 8)
-    emb = build_router("auto", "embedding", lambda: table)
+    emb = build_router("auto", "embedding", lambda: table, tokenize=_tokenize)
     emb.adapter_added(AdapterInfo("a", ((1, 2, 3), (1, 2))))
     emb.adapter_added(AdapterInfo("b", ((9, 10, 11), (12, 13))))
     assert emb.choose(RouteQuery("", (9, 10, 11))).scores
