@@ -4,6 +4,8 @@ Every function takes logits (S, V) float32 and per-row parameters as (S,) tensor
 use a parameter carry its neutral value (penalty 0 / 1, top_k V, top_p 1, min_p 0).
 """
 
+from dataclasses import dataclass
+
 import torch
 
 NEG_INF = float("-inf")
@@ -46,31 +48,54 @@ def apply_min_p(logits: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
 LEVELS = (128, 1024)  # candidates tried in turn: each row is filtered on its best 128, else 1024, else a full sort
 
 
-def apply_min_p_top_k_top_p(
+@dataclass(slots=True)
+class Kept:
+    """Some rows' logits after min_p / top-k / top-p."""
+
+    rows: torch.Tensor  # (n,) int64, which rows of the batch
+    logits: torch.Tensor  # (n, W) float, -inf where dropped
+    ids: torch.Tensor | None  # (n, W) int64 token of each column, ascending; None: the columns are the vocabulary
+
+
+def min_p_top_k_top_p(
     logits: torch.Tensor,  # (S, V), after temperature
     min_p: torch.Tensor,  # (S,) float, 0 = off
     top_k: torch.Tensor,  # (S,) int64, V = off
     top_p: torch.Tensor,  # (S,) float, 1 = off
-) -> torch.Tensor:
-    """min_p, then each row's top_k best tokens (ties kept), then the smallest set reaching top_p.
-
-    A row whose kept set closes within its best LEVELS[i] tokens is filtered on those (a partial sort);
-    which level serves a row depends on that row alone, so its result does not depend on the batch."""
+) -> list[Kept]:
+    """min_p, then each row's top_k best tokens (ties kept), then the smallest set reaching top_p; every row
+    once, in groups. A row whose kept set closes within its best LEVELS[i] tokens comes back as those
+    candidates (a partial sort, no (S, V) output); which level serves a row depends on that row alone, so
+    its result does not depend on the batch. Rows that filter nothing come back whole."""
     S, V = logits.shape
-    pending = ((min_p > 0) | (top_k < V) | (top_p < 1)).nonzero().squeeze(1)  # (R,) rows that filter at all
-    if not len(pending):
-        return logits
-    out = logits.clone()
+    filters = (min_p > 0) | (top_k < V) | (top_p < 1)
+    groups, pending = [], filters.nonzero().squeeze(1)  # (R,) rows that filter at all
+    if not filters.all():
+        whole = (~filters).nonzero().squeeze(1)
+        groups.append(Kept(whole, logits[whole], None))
     for C in LEVELS:
         if C >= V or not len(pending):
             break
         rows = logits if len(pending) == S else logits[pending]  # (R, V)
-        closed, kept = _on_candidates(rows, min_p[pending], top_k[pending], top_p[pending], C)
-        out[pending[closed]] = kept
+        closed, vals, ids = _on_candidates(rows, min_p[pending], top_k[pending], top_p[pending], C)
+        ids, order = ids.sort(-1)  # by token id: a draw then reads the CDF in the vocabulary's order
+        groups.append(Kept(pending[closed], vals.gather(1, order), ids))
         pending = pending[~closed]
     if len(pending):
         x = apply_min_p(logits[pending], min_p[pending])
-        out[pending] = _top_k_top_p_sorted(x, top_k[pending], top_p[pending])
+        groups.append(Kept(pending, _top_k_top_p_sorted(x, top_k[pending], top_p[pending]), None))
+    return groups
+
+
+def apply_min_p_top_k_top_p(logits: torch.Tensor, min_p: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+                            ) -> torch.Tensor:
+    """The same as (S, V) logits, -inf where dropped."""
+    out = torch.full_like(logits, NEG_INF)
+    for g in min_p_top_k_top_p(logits, min_p, top_k, top_p):
+        if g.ids is None:
+            out[g.rows] = g.logits
+        else:
+            out[g.rows] = torch.full((len(g.rows), logits.shape[1]), NEG_INF).scatter_(1, g.ids, g.logits)
     return out
 
 
@@ -82,9 +107,9 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor | None, top_p: t
 
 
 def _on_candidates(logits: torch.Tensor, min_p: torch.Tensor, k: torch.Tensor, p: torch.Tensor, C: int,
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows (R, V) filtered on their best C tokens -> closed (R,) bool, the closed rows' filtered logits (F, V)."""
-    V = logits.shape[1]
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows (R, V) filtered on their best C tokens -> closed (R,) bool; the closed rows' candidates (F, C), -inf
+    where dropped, and their token ids (F, C)."""
     vals, idx = logits.topk(C, dim=-1)  # (R, C) best first
     lse_all = vals[:, 0] + (logits - vals[:, :1]).exp_().sum(-1).log()  # (R,) the row's max is its best candidate
     in_min_p = (vals - lse_all[:, None]).exp() >= min_p[:, None] * (vals[:, :1] - lse_all[:, None]).exp()
@@ -102,10 +127,7 @@ def _on_candidates(logits: torch.Tensor, min_p: torch.Tensor, k: torch.Tensor, p
     keep = base & (((cum - probs) < p[:, None]) | (p >= 1)[:, None])  # the smallest prefix reaching top_p
     keep[:, 0] = True
     closed = base_closed | ((p < 1) & (cum[:, -1] >= p))
-    rows = closed.nonzero().squeeze(1)
-    kept = torch.full((len(rows), V), NEG_INF, dtype=logits.dtype)  # (F, V)
-    kept.scatter_(1, idx[rows], vals[rows].masked_fill(~keep[rows], NEG_INF))
-    return closed, kept
+    return closed, vals[closed].masked_fill(~keep[closed], NEG_INF), idx[closed]
 
 
 def _top_k_top_p_sorted(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

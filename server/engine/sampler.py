@@ -65,15 +65,21 @@ def _penalize(logits: torch.Tensor, rows: list[SampleRow]) -> None:
         )
 
 
+def _scaled(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[torch.Tensor, ...]:
+    """logits / temperature (R, V) and the rows' min_p, top_k (V = off) and top_p, as (R,) tensors."""
+    temp = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32)
+    V = logits.shape[1]
+    return (
+        logits / temp[:, None],
+        torch.tensor([r.params.min_p for r in rows], dtype=torch.float32),
+        torch.tensor([r.params.top_k or V for r in rows]),
+        torch.tensor([r.params.top_p for r in rows], dtype=torch.float32),
+    )
+
+
 def warp(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     """The random rows' processed logits (R, V) -> what they draw from: temperature, min_p, top-k, top-p."""
-    temp = torch.tensor([r.params.temperature for r in rows], dtype=torch.float32)
-    logits = logits / temp[:, None]  # (R, V)
-    V = logits.shape[1]
-    min_p = torch.tensor([r.params.min_p for r in rows], dtype=torch.float32)
-    top_k = torch.tensor([r.params.top_k or V for r in rows])
-    top_p = torch.tensor([r.params.top_p for r in rows], dtype=torch.float32)
-    return lp.apply_min_p_top_k_top_p(logits, min_p, top_k, top_p)
+    return lp.apply_min_p_top_k_top_p(*_scaled(logits, rows))
 
 
 def process(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection[int] = ()) -> torch.Tensor:
@@ -92,8 +98,6 @@ def _draw(
     default_generator: torch.Generator,
 ) -> torch.Tensor:
     """(R,) int64 tokens; rows whose distribution is not finite take the argmax."""
-    logits = warp(logits, rows)
-    probs = logits.softmax(-1)  # (R, V)
     u = torch.empty(len(rows), dtype=torch.float64)
     free = [j for j, r in enumerate(rows) if r.generator is None]
     if free:
@@ -101,11 +105,17 @@ def _draw(
     for j, r in enumerate(rows):
         if r.generator is not None:  # one number per seeded row, from its own stream
             u[j] = torch.rand(1, generator=r.generator, dtype=torch.float64)
-    tokens = lp.inverse_cdf(probs, u)
-    # a NaN anywhere makes the row's sum NaN; a token of probability 0 is float rounding at the CDF's end
-    bad = ~torch.isfinite(probs.sum(-1)) | (probs.gather(1, tokens[:, None]).squeeze(1) <= 0)
-    if bad.any():
-        tokens[bad] = logits[bad].argmax(-1)
+    tokens = torch.empty(len(rows), dtype=torch.int64)
+    for g in lp.min_p_top_k_top_p(*_scaled(logits, rows)):  # a few groups (levels, whole rows), not rows
+        if not len(g.rows):
+            continue
+        probs = g.logits.softmax(-1)  # (n, W)
+        col = lp.inverse_cdf(probs, u[g.rows])
+        # a NaN anywhere makes the row's sum NaN; a token of probability 0 is float rounding at the CDF's end
+        bad = ~torch.isfinite(probs.sum(-1)) | (probs.gather(1, col[:, None]).squeeze(1) <= 0)
+        if bad.any():
+            col[bad] = g.logits[bad].argmax(-1)
+        tokens[g.rows] = col if g.ids is None else g.ids.gather(1, col[:, None]).squeeze(1)
     return tokens
 
 

@@ -171,3 +171,18 @@ def test_a_row_with_nothing_to_draw_takes_the_argmax(logits):
     rows = [SampleRow(SamplingParams(temperature=1.0, top_p=0.5), None) for _ in range(3)]
     tokens, _ = sample(x, rows, torch.Generator().manual_seed(0))
     assert all(0 <= t < V for t in tokens)
+
+
+@pytest.mark.parametrize("levels", [(16, 128), (1024,)])
+def test_draws_on_candidates_equal_the_reference_draw(monkeypatch, levels):
+    """Rows drawn on their candidates read the CDF in the vocabulary's order, as the reference does."""
+    monkeypatch.setattr(lp, "LEVELS", levels)
+    g = torch.Generator().manual_seed(4)
+    cases = [dict(top_p=0.9), dict(top_k=7), dict(min_p=0.1), dict(top_p=0.5, top_k=40, min_p=0.01), dict(),
+             dict(top_k=300), dict(top_p=0.99, temperature=2.0)]
+    rows = [SampleRow(SamplingParams(seed=i, **{"temperature": 0.8, **kw}), torch.Generator().manual_seed(i))
+            for i, kw in enumerate(cases * 3)]
+    logits = torch.randn(len(rows), 500, generator=g) * torch.linspace(0.5, 6, len(rows))[:, None]  # (S, V)
+    tokens, _ = sample(logits, rows, torch.Generator())
+    for i, row in enumerate(rows):
+        assert tokens[i] == ref_draw(ref_warp(logits[i], row.params), seed=i), (i, row.params)
