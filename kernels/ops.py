@@ -135,12 +135,10 @@ def arrow_apply(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow) -> Non
         y = lora_shrink(x.index_select(0, info.entry_rows), pool, a_offsets, info)  # (E, max_rank)
         return arrow_expand_fwd(x, y, out, pool, b_offsets, proto_offsets, arrow)
     from kernels.cpu import arrow as cpu_arrow
-    from kernels.cpu import lora as cpu_lora
     from kernels.torch.arrow import arrow_apply as arrow_twin
 
-    if not _FORCE_TORCH and cpu_lora.available(x) and cpu_arrow.available(x):  # C: weights, then only the chosen
-        return arrow_twin(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow,
-                          apply_weighted=cpu_lora.lora_apply, weigh=cpu_arrow.entry_weights)
+    if not _FORCE_TORCH and cpu_arrow.available(x):  # one C call: the weights, then only the chosen deltas
+        return cpu_arrow.arrow_apply(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow)
     return arrow_twin(x, out, pool, a_offsets, b_offsets, proto_offsets, arrow, _lora_apply_rows)
 
 

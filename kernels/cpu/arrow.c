@@ -1,58 +1,114 @@
 /* Per-token Arrow's mixture weights on CPUs, one call per projection: for each routed row, scores
    |x . v_c| over its candidates (v_c read in place from the pool; c competes only where its prototype
    offset is >= 0), top_k of them, softmax(top / temperature); writes each (row, candidate) entry's
-   weight, 0 for the unchosen. The torch twin (kernels/torch/arrow.py arrow_weights) takes ~15 small
-   torch calls per projection for what is a few thousand multiply-adds per row. */
+   weight, 0 for the unchosen; arrow_apply then adds the chosen candidates' deltas too, in the same call.
+   The torch twin takes ~15 small torch calls per projection for what is a few thousand multiply-adds
+   per row, and computes every candidate's delta. */
 #include <math.h>
 #include <stdint.h>
 
 #include "bf16.h"
 
 #define MAX_CANDIDATES 64
+#define MAX_FEATURES 65536 /* x row and output accumulator on the stack: 256 KiB each */
+#define MAX_RANK 256
 
-#define ARROW_WEIGHTS(NAME, T, LOAD)                                                                 \
+/* w[c] for one routed row: |x . v_c| over its candidates, top_k, softmax(top * inv_temp); 0 = not chosen. */
+#define ROW_WEIGHTS(NAME, T, LOAD)                                                                   \
+    static void NAME(const T *xr, const T *pool, int64_t d_in, const int64_t *proto_off,            \
+                     const int64_t *slots, int64_t C, int64_t top_k, float inv_temp, float *w) {    \
+        float s[MAX_CANDIDATES];                                                                    \
+        int chosen[MAX_CANDIDATES];                                                                 \
+        for (int64_t c = 0; c < C; c++) {                                                           \
+            const int64_t off = slots[c] >= 0 ? proto_off[slots[c]] : -1;                           \
+            chosen[c] = 0;                                                                          \
+            s[c] = -INFINITY;                                                                       \
+            if (off < 0) continue;                                                                  \
+            const T *v = pool + off;                                                                \
+            float acc = 0.f;                                                                        \
+            for (int64_t k = 0; k < d_in; k++) acc += LOAD(xr[k]) * LOAD(v[k]);                     \
+            s[c] = fabsf(acc);                                                                      \
+        }                                                                                           \
+        float top = -INFINITY;                                                                      \
+        for (int64_t j = 0; j < top_k; j++) { /* the first of equal scores, as torch.topk */        \
+            int64_t best = -1;                                                                      \
+            for (int64_t c = 0; c < C; c++)                                                         \
+                if (!chosen[c] && s[c] > -INFINITY && (best < 0 || s[c] > s[best])) best = c;       \
+            if (best < 0) break;                                                                    \
+            chosen[best] = 1;                                                                       \
+            if (j == 0) top = s[best];                                                              \
+        }                                                                                           \
+        float sum = 0.f;                                                                            \
+        for (int64_t c = 0; c < C; c++) {                                                           \
+            w[c] = chosen[c] ? expf((s[c] - top) * inv_temp) : 0.f;                                 \
+            sum += w[c];                                                                            \
+        }                                                                                           \
+        for (int64_t c = 0; c < C; c++) w[c] = sum > 0.f ? w[c] / sum : 0.f;                        \
+    }
+
+/* The weights of every (row, candidate) entry: w_out[cand_entries[r, c]]. */
+#define ARROW_WEIGHTS(NAME, ROW, T)                                                                  \
     int NAME(const T *x, int64_t ldx, const T *pool, int64_t d_in, const int64_t *proto_off,        \
              int64_t R, int64_t C, const int64_t *rows, const int64_t *cand_slots,                  \
-             const int64_t *cand_entries, const int64_t *top_k, const float *inv_temp, float *w) { \
+             const int64_t *cand_entries, const int64_t *top_k, const float *inv_temp, float *w_out) { \
         if (C > MAX_CANDIDATES) return -1;                                                          \
         for (int64_t r = 0; r < R; r++) {                                                           \
+            float w[MAX_CANDIDATES];                                                                \
+            ROW(x + rows[r] * ldx, pool, d_in, proto_off, cand_slots + r * C, C, top_k[r], inv_temp[r], w); \
+            for (int64_t c = 0; c < C; c++)                                                         \
+                if (cand_entries[r * C + c] >= 0) w_out[cand_entries[r * C + c]] = w[c];            \
+        }                                                                                           \
+        return 0;                                                                                   \
+    }
+
+/* Fused: weights, then out[row] += sum over chosen c of w_c * scale_c * B_c (A_c x) read in place from
+   the pool; one routed row per iteration (rows are distinct, so threads write disjoint rows). */
+#define ARROW_APPLY(NAME, ROW, T, LOAD, STORE)                                                       \
+    int NAME(const T *x, int64_t ldx, T *out, int64_t ldo, const T *pool, int64_t d_in,             \
+             int64_t d_out, const int64_t *proto_off, const int64_t *a_off, const int64_t *b_off,   \
+             const int32_t *ranks, const float *scalings, int64_t R, int64_t C,                     \
+             const int64_t *rows, const int64_t *cand_slots, const int64_t *top_k,                  \
+             const float *inv_temp, int64_t num_threads) {                                          \
+        if (C > MAX_CANDIDATES || d_in > MAX_FEATURES || d_out > MAX_FEATURES) return -1;            \
+        _Pragma("omp parallel for schedule(dynamic, 4) num_threads(num_threads) if (R > 8)")        \
+        for (int64_t r = 0; r < R; r++) {                                                           \
             const T *xr = x + rows[r] * ldx;                                                        \
-            float s[MAX_CANDIDATES];                                                                \
-            int chosen[MAX_CANDIDATES];                                                             \
+            const int64_t *slots = cand_slots + r * C;                                              \
+            float w[MAX_CANDIDATES], xf[d_in], acc[d_out], y[MAX_RANK];                             \
+            ROW(xr, pool, d_in, proto_off, slots, C, top_k[r], inv_temp[r], w);                     \
+            for (int64_t k = 0; k < d_in; k++) xf[k] = LOAD(xr[k]);                                 \
+            for (int64_t o = 0; o < d_out; o++) acc[o] = 0.f;                                       \
             for (int64_t c = 0; c < C; c++) {                                                       \
-                const int64_t slot = cand_slots[r * C + c];                                         \
-                const int64_t off = slot >= 0 ? proto_off[slot] : -1;                               \
-                chosen[c] = 0;                                                                      \
-                s[c] = -INFINITY;                                                                   \
-                if (off < 0) continue;                                                              \
-                const T *v = pool + off;                                                            \
-                float acc = 0.f;                                                                    \
-                for (int64_t k = 0; k < d_in; k++) acc += LOAD(xr[k]) * LOAD(v[k]);                 \
-                s[c] = fabsf(acc);                                                                  \
+                const int64_t slot = slots[c];                                                      \
+                if (w[c] == 0.f || slot < 0 || a_off[slot] < 0 || b_off[slot] < 0) continue;        \
+                const int64_t rank = ranks[slot] < MAX_RANK ? ranks[slot] : MAX_RANK;               \
+                const T *A = pool + a_off[slot], *B = pool + b_off[slot];                           \
+                const float coef = w[c] * scalings[slot];                                           \
+                for (int64_t j = 0; j < rank; j++) {                                                \
+                    const T *a = A + j * d_in;                                                      \
+                    float s = 0.f;                                                                  \
+                    for (int64_t k = 0; k < d_in; k++) s += LOAD(a[k]) * xf[k];                     \
+                    y[j] = s * coef;                                                                \
+                }                                                                                   \
+                for (int64_t o = 0; o < d_out; o++) {                                               \
+                    const T *b = B + o * rank;                                                      \
+                    float s = 0.f;                                                                  \
+                    for (int64_t j = 0; j < rank; j++) s += LOAD(b[j]) * y[j];                      \
+                    acc[o] += s;                                                                    \
+                }                                                                                   \
             }                                                                                       \
-            float top = -INFINITY;                                                                  \
-            for (int64_t j = 0; j < top_k[r]; j++) { /* first of the largest, as torch.topk ties */ \
-                int64_t best = -1;                                                                  \
-                for (int64_t c = 0; c < C; c++)                                                     \
-                    if (!chosen[c] && s[c] > -INFINITY && (best < 0 || s[c] > s[best])) best = c;   \
-                if (best < 0) break;                                                                \
-                chosen[best] = 1;                                                                   \
-                if (j == 0) top = s[best];                                                          \
-            }                                                                                       \
-            float sum = 0.f, e[MAX_CANDIDATES];                                                     \
-            for (int64_t c = 0; c < C; c++) {                                                       \
-                e[c] = chosen[c] ? expf((s[c] - top) * inv_temp[r]) : 0.f;                          \
-                sum += e[c];                                                                        \
-            }                                                                                       \
-            for (int64_t c = 0; c < C; c++) {                                                       \
-                const int64_t entry = cand_entries[r * C + c];                                      \
-                if (entry >= 0) w[entry] = sum > 0.f ? e[c] / sum : 0.f;                            \
-            }                                                                                       \
+            T *orow = out + rows[r] * ldo;                                                          \
+            for (int64_t o = 0; o < d_out; o++) orow[o] = STORE(LOAD(orow[o]) + acc[o]);            \
         }                                                                                           \
         return 0;                                                                                   \
     }
 
 #define LOAD_F32(v) (v)
+#define STORE_F32(v) (v)
 
-ARROW_WEIGHTS(arrow_weights_f32, float, LOAD_F32)
-ARROW_WEIGHTS(arrow_weights_bf16, uint16_t, bf16_to_f32)
+ROW_WEIGHTS(row_weights_f32, float, LOAD_F32)
+ROW_WEIGHTS(row_weights_bf16, uint16_t, bf16_to_f32)
+ARROW_WEIGHTS(arrow_weights_f32, row_weights_f32, float)
+ARROW_WEIGHTS(arrow_weights_bf16, row_weights_bf16, uint16_t)
+ARROW_APPLY(arrow_apply_f32, row_weights_f32, float, LOAD_F32, STORE_F32)
+ARROW_APPLY(arrow_apply_bf16, row_weights_bf16, uint16_t, bf16_to_f32, f32_to_bf16)

@@ -1,4 +1,5 @@
-"""Per-token Arrow's entry weights on CPUs in one C call per projection (arrow.c); checked against the twin."""
+"""Per-token Arrow on CPUs, one C call per projection (arrow.c): the entry weights alone, or the weights and
+the chosen candidates' deltas (what serves); checked against the twin."""
 
 import ctypes
 
@@ -8,6 +9,7 @@ from kernels.arrow_rows import ArrowRows
 from kernels.cpu.build import load, ptr
 
 _FUNCS = {torch.float32: "arrow_weights_f32", torch.bfloat16: "arrow_weights_bf16"}
+_APPLY = {torch.float32: "arrow_apply_f32", torch.bfloat16: "arrow_apply_bf16"}
 MAX_CANDIDATES = 64
 
 
@@ -36,3 +38,33 @@ def entry_weights(
     if status != 0:
         raise ValueError(f"arrow.c refused the call (status {status})")
     return w
+
+
+def arrow_apply(
+    x: torch.Tensor,  # (T, in)
+    out: torch.Tensor,  # (T, out), accumulated in place on the routed rows
+    pool: torch.Tensor,  # (N,)
+    a_offsets: torch.Tensor,  # (num_slots,) int64; < 0 = none
+    b_offsets: torch.Tensor,  # (num_slots,) int64; < 0 = none
+    proto_offsets: torch.Tensor,  # (num_slots,) int64; < 0 = not targeted
+    arrow: ArrowRows,
+) -> None:
+    """Weights and the chosen candidates' deltas in one C call (rows of one routed row never split)."""
+    R, C = arrow.cand_slots.shape
+    info = arrow.entries
+    assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == x.dtype == out.dtype
+    assert x.stride(1) == out.stride(1) == 1 and x.shape[0] == out.shape[0]
+    if C > MAX_CANDIDATES:
+        raise ValueError(f"{C} candidates per row; arrow.c takes at most {MAX_CANDIDATES}")
+    if R == 0:
+        return
+    offs = [t.contiguous() for t in (proto_offsets, a_offsets, b_offsets)]  # columns of (slots, L, M) tables
+    assert all(t.dtype == torch.int64 for t in offs)
+    status = getattr(load("arrow"), _APPLY[x.dtype])(
+        ptr(x), ctypes.c_int64(x.stride(0)), ptr(out), ctypes.c_int64(out.stride(0)), ptr(pool),
+        ctypes.c_int64(x.shape[1]), ctypes.c_int64(out.shape[1]), *(ptr(t) for t in offs),
+        ptr(info.ranks), ptr(info.scalings), ctypes.c_int64(R), ctypes.c_int64(C), ptr(arrow.rows),
+        ptr(arrow.cand_slots), ptr(arrow.top_k), ptr(arrow.inv_temperature), ctypes.c_int64(torch.get_num_threads()),
+    )
+    if status != 0:
+        raise ValueError(f"arrow.c refused the shapes (status {status}, in={x.shape[1]}, out={out.shape[1]})")

@@ -33,6 +33,7 @@ CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno
 EXTRA_FLAGS = {
     "paged_attention": ["-fopenmp", "-ffast-math"],
     "lora": ["-fopenmp"],
+    "arrow": ["-fopenmp"],
     # No contraction: d*q + m must round twice, as gguf's dequantize does; the dot products write their FMAs.
     "quant_matmul": ["-fopenmp", "-ffp-contract=off"],
     # No contraction: rotary's products round as torch's do (bit for bit the twin).

@@ -121,7 +121,11 @@ def test_twins_match_the_reference(dtype, size, case, small_rows, monkeypatch):
     if cpu_arrow.available(x):  # the C weights equal the twin's
         twin = entry_weights(arrow_weights(x, pool, table["v"], arrow), arrow)
         torch.testing.assert_close(cpu_arrow.entry_weights(x, pool, table["v"], arrow), twin, atol=1e-5, rtol=1e-4)
-    out = out0.clone()  # what serves on CPUs: the C kernels weigh the entries and skip the unchosen ones
+    out = out0.clone()  # the C weights + lora.c, which skips the unchosen entries
+    arrow_apply(x, out, pool, table["a"], table["b"], table["v"], arrow, apply_weighted=cpu_lora.lora_apply,
+                weigh=cpu_arrow.entry_weights)
+    _check(out, ref, out0, arrow, dtype)
+    out = out0.clone()  # what serves on CPUs: one fused C call
     ops.arrow_apply(x, out, pool, table["a"], table["b"], table["v"], arrow)
     _check(out, ref, out0, arrow, dtype)
     out = out0.clone()  # the fused kernel's twin, from the entries' shrink
