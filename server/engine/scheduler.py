@@ -9,8 +9,9 @@ With a prefix cache (server/memory/prefix_cache.py) a sequence joining the batch
 its tokens under its LoRA identity: it starts with num_computed at the end of the longest cached
 chain and a block table whose first pages are those shared blocks, so only new pages and uncomputed
 tokens count against the step's budget. Full blocks are registered as soon as they are computed
-(advance), so sequences side by side share them. Sequences that want prompt logprobs skip the
-look-up: they need every prompt position's logits.
+(advance), so sequences side by side share them; a newcomer whose next block is the one a sequence
+admitted in the same step is about to compute waits one step and starts after it. Sequences that
+want prompt logprobs skip the look-up: they need every prompt position's logits.
 """
 
 from collections import deque
@@ -19,6 +20,7 @@ from typing import Protocol
 
 from server.engine.sequence import SeqStatus, Sequence
 from server.memory.block_manager import BlockManager, blocks_for
+from server.memory.prefix_cache import block_hash
 
 
 class AdapterAdmission(Protocol):
@@ -104,6 +106,7 @@ class Scheduler:
                 i += 1
         if out.preempted:  # no room for newcomers this step
             return out
+        computing: set[int] = set()  # next-block hashes that sequences admitted this step are computing
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             seq = self.waiting[0]
             try:
@@ -116,9 +119,14 @@ class Scheduler:
             hit = self._lookup(seq)  # after the adapter: pinning it may have evicted cached blocks
             computed = len(hit) * self.blocks.block_size
             n = min(seq.num_tokens - computed, budget)
-            if not self._room_for(hit, computed + n):
+            following = self._next_block(seq, hit)
+            # a newcomer that would compute the very block one admitted this step computes waits a step and
+            # then starts after it: requests with one prefix arriving together prefill it once
+            if following in computing or not self._room_for(hit, computed + n):
                 self._release_adapter(seq)
                 break
+            if following is not None:
+                computing.add(following)
             self.waiting.popleft()
             self._start_from(seq, hit)
             seq.status = SeqStatus.RUNNING
@@ -136,6 +144,14 @@ class Scheduler:
         bs = self.blocks.block_size
         max_blocks = (seq.num_tokens - 1) // bs  # leave at least one token to compute: its logits are sampled
         return cache.match(seq.tokens(0, max_blocks * bs), seq.lora_identity, max_blocks)
+
+    def _next_block(self, seq: Sequence, hit: list[tuple[int, int]]) -> int | None:
+        """Hash of the full block seq would compute next after its cached chain (None: none, or no look-up)."""
+        cache, bs = self.blocks.prefix_cache, self.blocks.block_size
+        start = len(hit) * bs
+        if cache is None or getattr(seq.params, "prompt_logprobs", None) is not None or start + bs >= seq.num_tokens:
+            return None
+        return block_hash(hit[-1][1] if hit else None, seq.tokens(start, start + bs), seq.lora_identity)
 
     def _room_for(self, hit: list[tuple[int, int]], num_tokens: int) -> bool:
         """Pages for num_tokens beyond the hit pages, not counting hit pages that are idle (taking them)."""

@@ -222,3 +222,17 @@ class PoolAdapters:
     def release(self, adapter_id):
         self.pins[adapter_id] -= 1
         self.pages.release(adapter_id)
+
+
+def test_requests_with_one_prefix_arriving_together_prefill_it_once():
+    sched, pool, cache = make(max_batch_tokens=128)
+    other = seq(0, [90 + i for i in range(18)])
+    a, b = seq(1, PROMPT + [70]), seq(2, PROMPT + [71])
+    for s in (other, a, b):
+        sched.add(s)
+    out = step(sched, pool, cache, [])
+    assert [c.seq for c in out.prefills] == [other, a] and list(sched.waiting) == [b]  # b waits for a's blocks
+    out = step(sched, pool, cache, [])
+    (chunk,) = out.prefills
+    assert chunk.seq is b and chunk.start == 16 and b.num_cached_tokens == 16
+    assert b.block_table[:4] == a.block_table[:4]
