@@ -12,7 +12,10 @@ per-token softmax over the adapters sharing a module does no better when adapter
 modules). So each adapter's score is its raw score over its raw score on a fixed set of generic,
 task-free prompts (NEUTRAL_PROMPTS), measured once when it registers: "how much more than on any
 text". That stays zero-shot (no task data) and routes 200/200 held-out demo prompts. The top-k
-scores become mixture weights through a softmax at `temperature`.
+scores become mixture weights through a softmax at `temperature`. An adapter the engine serves only alone
+(DoRA) never enters a mixture: when it is the top one it is served alone, as top_k=1 would (it is the
+evidence; dropping it would hand its own prompts to other tasks' adapters); below the top it is skipped
+and the next mixable adapter takes its place.
 
 Fallback to the base (fallback=generic, the default): calibration also keeps the spread of each
 adapter's scores over the generic prompts, and the top adapter must sit z standard deviations above
@@ -94,6 +97,7 @@ class ArrowRouter(TaskRouter):
         self._protos: dict[str, dict[Key, torch.Tensor]] = {}  # adapter -> key -> v (in,) unit
         self._baseline: dict[str, float] = {}  # adapter -> mean raw score on NEUTRAL_PROMPTS; routed once set
         self._spread: dict[str, float] = {}  # adapter -> std of its scores on NEUTRAL_PROMPTS (1 = their mean)
+        self._solo: set[str] = set()  # adapters served only alone (AdapterInfo.mixable False: DoRA)
 
     def add(self, adapter: str, prototypes: dict[Key, torch.Tensor]) -> None:
         """Routable once calibrate() has seen it."""
@@ -105,6 +109,7 @@ class ArrowRouter(TaskRouter):
         self._protos.pop(adapter, None)
         self._baseline.pop(adapter, None)
         self._spread.pop(adapter, None)
+        self._solo.discard(adapter)
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -112,6 +117,8 @@ class ArrowRouter(TaskRouter):
 
     def adapter_added(self, adapter: AdapterInfo) -> None:
         self.add(adapter.name, dict(adapter.prototypes))
+        if not adapter.mixable:
+            self._solo.add(adapter.name)
 
     def adapter_removed(self, name: str) -> None:
         self.remove(name)
@@ -175,6 +182,10 @@ class ArrowRouter(TaskRouter):
         shown = {a: round(s, 4) for a, s in ranked[:5]}
         if not ranked or not self.confident(*ranked[0]):
             return RouteDecision(self.name, ((self.default, 1.0),) if self.default else (), shown, fell_back=True)
-        top = [(a, s) for a, s in ranked[: self.options.top_k] if self.confident(a, s)]
+        if self.options.top_k > 1 and ranked[0][0] in self._solo:
+            return RouteDecision(self.name, ((ranked[0][0], 1.0),), shown)
+        # mixing: adapters that only serve alone are left out, the next mixable ones take their places
+        mixable = [(a, s) for a, s in ranked if self.options.top_k == 1 or a not in self._solo]
+        top = [(a, s) for a, s in mixable[: self.options.top_k] if self.confident(a, s)]
         weights = (torch.tensor([s for _, s in top]) / self.options.temperature).softmax(0).tolist()
         return RouteDecision(self.name, tuple((a, w) for (a, _), w in zip(top, weights, strict=True)), shown)

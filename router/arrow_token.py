@@ -82,7 +82,8 @@ class TokenArrowRouter(ArrowRouter):
             self._unscored.remove(adapter)
 
     def routable(self) -> list[str]:
-        return [*self._protos, *self._unscored]
+        """Adapters served only alone (DoRA) are never candidates: every token mixes its candidates."""
+        return [a for a in (*self._protos, *self._unscored) if a not in self._solo]
 
     def uncalibrated(self) -> list[str]:
         return [] if self._by_proxy else super().uncalibrated()
@@ -98,7 +99,7 @@ class TokenArrowRouter(ArrowRouter):
         if self._by_proxy:
             features = self.proxy.features(ids, super().feature_keys()) if ids and self._protos else {}
         scores = self.scores(features) if features else {}
-        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        ranked = sorted(((a, s) for a, s in scores.items() if a not in self._solo), key=lambda kv: -kv[1])
         return ranked + [(a, 0.0) for a in self.routable() if a not in scores]
 
     def choose(self, query: RouteQuery) -> RouteDecision:

@@ -30,6 +30,9 @@ class AdapterInfo:
     name: str
     example_ids: tuple[tuple[int, ...], ...] = ()  # tokenized routing texts (loraplex.json examples, description)
     prototypes: Mapping[Key, "torch.Tensor"] = field(default_factory=dict)  # (in,) unit; for "features" routers
+    # False: the engine serves it only alone, never in a mixture or routed per token (DoRA: a rescale of summed
+    # deltas has no PEFT meaning; LLMEngine.check_request refuses it with 400)
+    mixable: bool = True
 
 
 @dataclass(frozen=True, slots=True)

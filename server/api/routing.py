@@ -63,7 +63,7 @@ class Routers:
                 prototypes = adapter_prototypes(w.a, w.b)
             except AdapterError as e:  # its requests will fail with this message; routing skips it
                 log.warning("router: no prototypes for %s: %s", ref.name, e)
-        info = AdapterInfo(ref.name, examples, prototypes)
+        info = AdapterInfo(ref.name, examples, prototypes, mixable=ref.format != "dora")
         with self._lock:
             for r in self.routers.values():
                 r.adapter_added(info)

@@ -17,7 +17,7 @@ def _unit(i: int) -> torch.Tensor:
 
 def _noise(seed: int, keys) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(T, D, generator=g) for k in keys}
+    return {k: torch.randn(T, D, generator=g) for k in sorted(keys)}  # sorted: set order varies by process
 
 
 def _router(options: ArrowOptions) -> ArrowRouter:
