@@ -41,6 +41,7 @@ from bench.peers.assets import adapter_names, adapters_dir
 REPO = Path(__file__).resolve().parents[1]
 BASE = "SmolLM2-135M-Instruct"
 BLOCK = 16
+VLLM_BLOCK = 32
 TOKENS = (1000, 48000)  # random prompt ids away from specials and rare tail ids
 
 
@@ -121,32 +122,32 @@ def multi_turn(spec: Spec, n: int) -> list[list[Req]]:
     return convs
 
 
-def chain(prompt: list[int], own: bool = True) -> list[int]:
+def chain(prompt: list[int], own: bool = True, block: int = BLOCK) -> list[int]:
     """Block hashes of a prompt's full blocks: as a look-up (own: one token left to compute) or as cached
     after its prefill (every full block)."""
     out, h = [], None
-    for i in range(((len(prompt) - 1) if own else len(prompt)) // BLOCK):
-        h = hash((h, tuple(prompt[i * BLOCK : (i + 1) * BLOCK])))
+    for i in range(((len(prompt) - 1) if own else len(prompt)) // block):
+        h = hash((h, tuple(prompt[i * block : (i + 1) * block])))
         out.append(h)
     return out
 
 
-def ideal(recs: list[Rec], prompts: dict[str, list[int]]) -> dict[str, float]:
+def ideal(recs: list[Rec], prompts: dict[str, list[int]], block: int) -> dict[str, float]:
     """Ideal hit rates of this trace (see the module docstring): infinite cache, per adapter."""
     order = sorted(recs, key=lambda r: r.start)
     total = sum(r.prompt_tokens for r in recs)
     in_order = at_send = 0
     for i, r in enumerate(order):
-        mine = chain(prompts[r.key])
+        mine = chain(prompts[r.key], block=block)
         earlier = [o for o in order[:i] if o.adapter == r.adapter]
         done = [o for o in earlier if o.ttft is not None and o.start + o.ttft <= r.start]
         for pool, acc in ((earlier, "in"), (done, "at")):
-            seen = {h for o in pool for h in chain(prompts[o.key], own=False)}
+            seen = {h for o in pool for h in chain(prompts[o.key], own=False, block=block)}
             k = next((j for j, h in enumerate(mine) if h not in seen), len(mine))
             if acc == "in":
-                in_order += k * BLOCK
+                in_order += k * block
             else:
-                at_send += k * BLOCK
+                at_send += k * block
     return {"ideal_in_order": in_order / total, "ideal_at_send": at_send / total}
 
 
@@ -217,7 +218,7 @@ def pct(xs: list[float], q: float) -> float | None:
     return float(np.percentile(xs, q)) if xs else None
 
 
-def summarize(recs: list[Rec], wall: float, prompts: dict[str, list[int]]) -> dict:
+def summarize(recs: list[Rec], wall: float, prompts: dict[str, list[int]], block: int) -> dict:
     ok = [r for r in recs if r.error is None]
     ttft = [r.ttft for r in ok if r.ttft is not None]
     prompt = sum(r.prompt_tokens for r in ok)
@@ -226,7 +227,7 @@ def summarize(recs: list[Rec], wall: float, prompts: dict[str, list[int]]) -> di
         "ttft_p50_s": pct(ttft, 50), "ttft_p99_s": pct(ttft, 99),
         "req_per_s": len(ok) / wall, "output_tok_per_s": sum(r.output_tokens for r in ok) / wall,
         "prompt_tok_per_s": prompt / wall,
-        "hit_rate": sum(r.cached for r in ok) / max(1, prompt), **ideal(ok, prompts),
+        "hit_rate": sum(r.cached for r in ok) / max(1, prompt), **ideal(ok, prompts, block),
     }
 
 
@@ -241,12 +242,13 @@ def vllm(port: int, log: Path) -> process.ServerProcess:
     from bench.peers import vllm_cpu
 
     # prefix caching is on by default in vLLM's V1 engine; usage details must be asked for,
-    # and its CPU default block (128) is set to loraplex's 16 so both have the same ideal (a warning, not an error)
+    # and its CPU default block (128) is set to 32, the smallest its CPU attention takes (loraplex: 16); the
+    # ideal is computed with each system's own block size
     return vllm_cpu.start(port, 100, log, "float32",
-                          extra=["--enable-prompt-tokens-details", "--block-size", str(BLOCK)])
+                          extra=["--enable-prompt-tokens-details", "--block-size", str(VLLM_BLOCK)])
 
 
-def run_system(label: str, launch, spec: Spec, logs: Path) -> dict:
+def run_system(label: str, launch, spec: Spec, logs: Path, block: int = BLOCK) -> dict:
     port = process.free_port()
     server = launch(port, logs / f"{label}.log")
     try:
@@ -262,11 +264,12 @@ def run_system(label: str, launch, spec: Spec, logs: Path) -> dict:
         for n in spec.ns:
             shared = shared_prompt(spec, n)
             recs, wall = asyncio.run(run_shared(server.url, shared, spec.concurrency))
-            runs[f"shared/n{n}"] = {"summary": summarize(recs, wall, {r.key: r.prompt for r in shared}),
+            runs[f"shared/n{n}"] = {"summary": summarize(recs, wall, {r.key: r.prompt for r in shared}, block),
                                     "records": [asdict(r) for r in recs]}
             convs = multi_turn(spec, n)
             recs, wall = asyncio.run(run_chat(server.url, convs))
-            runs[f"chat/n{n}"] = {"summary": summarize(recs, wall, {r.key: r.prompt for t in convs for r in t}),
+            prompts = {r.key: r.prompt for t in convs for r in t}
+            runs[f"chat/n{n}"] = {"summary": summarize(recs, wall, prompts, block),
                                   "records": [asdict(r) for r in recs]}
             print(f"{label} n={n}: shared {runs[f'shared/n{n}']['summary']}\n  chat {runs[f'chat/n{n}']['summary']}",
                   file=sys.stderr, flush=True)
@@ -306,12 +309,39 @@ def plot(result: dict, out: str) -> None:
             ax.plot(turns, [m * 1e3 for m in means], marker="o", label=label)
         ax.set_title(f"multi-turn chat, {n} adapter{'s' if n > 1 else ''}")
         ax.set_xlabel("turn")
-        ax.grid(alpha=0.3)
+        ax.set_xticks(turns)
+        ax.set_yscale("log")  # vLLM-CPU runs an order of magnitude slower here
+        ax.grid(alpha=0.3, which="both")
     np.atleast_1d(axes)[0].set_ylabel("mean TTFT (ms)")
     np.atleast_1d(axes)[0].legend()
     fig.suptitle("TTFT vs turn: prompts grow each turn; with caching only the new turn is prefilled")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def add_vllm(args, spec: Spec, logs: Path) -> None:
+    """vLLM-CPU (prefix caching on, its default) on the same workloads, added to the result in --out."""
+    result = json.loads(Path(args.out).read_text())
+    label = "vllm-cpu-fp32"
+    result["command"] += " && " + " ".join([".venv/bin/python -m bench.prefix", "--add-vllm", "--out", args.out]
+                                           + (["--plot", args.plot] if args.plot else []))
+    try:
+        runs = run_system(label, vllm, spec, logs, VLLM_BLOCK)
+    except Exception as e:
+        result[f"{label}_failed"] = f"{type(e).__name__}: {e}"[:3000]
+        print(f"{label} failed: {e}", file=sys.stderr)
+    else:
+        result.pop(f"{label}_failed", None)
+        result["systems"][label] = runs
+        on = result["systems"]["loraplex-cache-on"]
+        result["vllm_ratios"] = {
+            key: {"ttft_p50_vllm_over_loraplex": runs[key]["summary"]["ttft_p50_s"] / on[key]["summary"]["ttft_p50_s"],
+                  "hit_rate": runs[key]["summary"]["hit_rate"],
+                  "ideal_in_order": runs[key]["summary"]["ideal_in_order"]}
+            for key in on if "/" in key}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    if args.plot:
+        plot(result, args.plot)
 
 
 def main() -> None:
@@ -322,27 +352,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smoke run: one adapter count, few requests")
     ap.add_argument("--vllm", action="store_true", help="also vLLM-CPU (bench/peers/install_vllm.sh) with its "
                     "prefix caching on")
+    ap.add_argument("--add-vllm", action="store_true", help="run vLLM-CPU alone and add it to the --out result")
     args = ap.parse_args()
     spec = Spec(names=adapter_names(100))
     if args.quick:
         spec = Spec(names=spec.names, ns=(10,), shared_requests=4, conversations=2, turns=2, system_len=64)
     logs = Path(args.out).parent / "logs"
+    if args.add_vllm:
+        add_vllm(args, spec, logs)
+        return
     systems = {"loraplex-cache-on": lambda p, log: loraplex(p, log, True, args.threads),
                "loraplex-cache-off": lambda p, log: loraplex(p, log, False, args.threads)}
-    if args.vllm:
-        systems["vllm-cpu-fp32"] = vllm
     result = {"command": " ".join([".venv/bin/python -m bench.prefix", *sys.argv[1:]]),
               "spec": {k: v for k, v in asdict(spec).items() if k != "names"}, "block_size": BLOCK,
               "note": "measured under load: the 2-core machine was shared with five other agents' builds and tests",
               "systems": {}}
     for label, launch in systems.items():
-        try:
-            result["systems"][label] = run_system(label, launch, spec, logs)
-        except Exception as e:
-            if label.startswith("loraplex"):
-                raise
-            result[f"{label}_failed"] = f"{type(e).__name__}: {e}"[:2000]
-            print(f"{label} failed: {e}", file=sys.stderr)
+        result["systems"][label] = run_system(label, launch, spec, logs)
     on, off = result["systems"]["loraplex-cache-on"], result["systems"]["loraplex-cache-off"]
     result["mismatched_texts_on_vs_off"] = validate(on, off)
     ratios = {}
@@ -359,6 +385,8 @@ def main() -> None:
     print(json.dumps(ratios, indent=1))
     if args.plot:
         plot(result, args.plot)
+    if args.vllm:
+        add_vllm(args, spec, logs)
     if result["mismatched_texts_on_vs_off"]:
         raise SystemExit(f"{result['mismatched_texts_on_vs_off']} texts differ between caching on and off")
 
