@@ -10,12 +10,12 @@ regexes). server/api/routing.py serves them as model names.
 from router.arrow import ArrowOptions, ArrowRouter
 from router.contract import AdapterInfo, RouteQuery, TaskRouter
 from router.decision import RouteDecision
-from router.embedding import EmbeddingRouter
+from router.embedding import EmbeddingOptions, EmbeddingRouter
 from router.kinds import build_router
 from router.prototypes import adapter_prototypes, top_right_singular_vector
 from router.rules import RulesRouter
 
 __all__ = [
-    "AdapterInfo", "ArrowOptions", "ArrowRouter", "EmbeddingRouter", "RouteDecision", "RouteQuery", "RulesRouter",
-    "TaskRouter", "adapter_prototypes", "build_router", "top_right_singular_vector",
+    "AdapterInfo", "ArrowOptions", "ArrowRouter", "EmbeddingOptions", "EmbeddingRouter", "RouteDecision", "RouteQuery",
+    "RulesRouter", "TaskRouter", "adapter_prototypes", "build_router", "top_right_singular_vector",
 ]
