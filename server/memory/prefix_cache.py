@@ -21,11 +21,13 @@ Choices, and why:
   sequence releases its table leaf first, so a chain's deeper blocks get older ticks than its
   shallower ones and leaves go first; a block with cached children is never evicted (its children
   would become unreachable but still hold pages).
-- No cost-aware eviction: a cached block saves one block of prefill (block_size tokens through the
-  whole model) and an adapter's reload is a host-to-pool copy of a few MiB; on CPU both are in the
-  same few-milliseconds range and their value depends on reuse we cannot predict, so LRU by last use
-  is the policy, kept simple and exact. A weighted policy can replace oldest() without touching the
-  scheduler.
+- No cost-aware eviction. Per page, the two costs are of one order here: re-prefilling a 16-token
+  block of SmolLM2-135M in fp32 costs ~10-60 ms on this CPU (273-940 prompt tokens/s in
+  bench/results/prefix, under load), and reloading an evicted adapter is a host-to-pool copy of
+  ~18 ms for a few pages (bench/results/adapters.json, cold_load_host_to_pool_ms). What decides is
+  whether the thing is used again, which LRU by last use already estimates; a weighting would need
+  per-deployment reuse statistics we do not have. A weighted policy can replace oldest() without
+  touching the scheduler.
 """
 
 from collections import OrderedDict
