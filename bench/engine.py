@@ -73,7 +73,7 @@ def run_ceiling(model, prompts, new_tokens: int) -> float:
                 q, ks[i][:, :, : start + n], vs[i][:, :, : start + n], is_causal=n > 1, enable_gqa=True
             )
             x = x + a.o_proj(o.transpose(1, 2).reshape(B, n, -1))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            x = x + layer.mlp(layer.post_attention_layernorm(x), None)  # no step: no adapter rows
         return model.logits(m.norm(x[:, -1]))  # (B, V)
 
     ids = torch.tensor(prompts)
