@@ -1,6 +1,6 @@
 # ruff: noqa: F811 (the fixtures imported from tests/server/adapters/conftest.py)
-"""The manager pages each format's pool factors: LoRA's A, B and Arrow prototypes, DoRA's A, B and its scale computed once from
-the base weights; the runner's offset tables name exactly those factors."""
+"""The manager pages each format's pool factors: LoRA's A, B and Arrow prototypes, DoRA's A, B and its scale
+computed once from the base weights; the runner's offset tables name exactly those factors."""
 
 import pytest
 import torch

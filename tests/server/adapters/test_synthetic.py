@@ -5,8 +5,8 @@ import json
 import torch
 from safetensors import safe_open
 
-from server.adapters.registry import AdapterRegistry
 from bench.adapter_tools.synthetic import TARGET_SETS, generate, main
+from server.adapters.registry import AdapterRegistry
 
 
 def test_generate_mixed(tiny_config, tmp_path):
