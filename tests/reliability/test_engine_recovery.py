@@ -22,9 +22,9 @@ def _engine(make_engine):
     return engine, engine.pool.book.num_free
 
 
-def _add(engine, rid: str, n_prompt: int = 20, max_tokens: int = 8) -> None:
-    engine.add_request(EngineRequest(rid, list(range(100, 100 + n_prompt)), SamplingParams(max_tokens=max_tokens,
-                                                                                         temperature=0)))
+def _add(engine, rid: str, n_prompt: int = 20, max_tokens: int = 8, first: int = 100) -> None:
+    engine.add_request(EngineRequest(rid, list(range(first, first + n_prompt)), SamplingParams(max_tokens=max_tokens,
+                                                                                             temperature=0)))
 
 
 def _drain(engine) -> dict[str, str]:
@@ -62,16 +62,16 @@ def test_schedule_raising_fails_what_it_placed_and_frees_their_pages(make_engine
 
 def test_output_loop_raising_keeps_the_deltas_already_built(make_engine, monkeypatch):
     engine, free0 = _engine(make_engine)
-    for rid in "abc":
-        _add(engine, rid, max_tokens=1)  # every one finishes in its first step
+    for i, rid in enumerate("abc"):  # other prompts: equal ones would wait a step for the first's cached blocks
+        _add(engine, rid, max_tokens=1, first=100 + 50 * i)  # every one finishes in its first step
     calls = {"n": 0}
     real = engine.outputs.append
 
-    def second_raises(seq, token_id, logprob):
+    def second_raises(seq, token_id, logprob, *more):  # more: prompt logprobs, since 7107c80
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("boom in output")
-        return real(seq, token_id, logprob)
+        return real(seq, token_id, logprob, *more)
 
     monkeypatch.setattr(engine.outputs, "append", second_raises)
     with pytest.raises(RuntimeError):
