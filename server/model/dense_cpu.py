@@ -4,7 +4,7 @@ torch's GEMM reads a decode step's few rows of activations against each weight a
 machine's bandwidth (bench/results/profile_step_fp32.json: 12.8 GB/s of weights at one row); the C
 kernel splits output rows across the threads and streams each weight row once for up to 4 rows of x.
 fp32: the projections and the output head become QuantLinears over byte views of their own weights (no
-copy); kernels.ops.quant_matmul hands steps with many rows back to torch's GEMM. bf16 (`--weights bf16`):
+copy); kernels.ops.quant_matmul hands steps of more than 128 rows back to torch's GEMM. bf16 (`--weights bf16`):
 the projections, the embedding and the head are rounded to bfloat16 once (half the bytes per step) and
 every matmul accumulates in fp32 on the exact widened values; norms stay fp32.
 """
