@@ -55,14 +55,18 @@ void rotary_f32(float *q, int64_t qts, int64_t qhs, int64_t H, float *k, int64_t
 }
 
 /* token t's k and v rows (width floats, rows ks / vs apart) into cache slot slots[t] (< 0: skipped):
-   page slot / bs at page_stride floats, offset slot % bs at slot_stride floats within it. */
-void store_kv_f32(const float *k, int64_t ks, const float *v, int64_t vs, float *k_cache, float *v_cache,
-                  int64_t page_stride, int64_t slot_stride, int64_t bs, const int64_t *slots, int64_t T,
-                  int64_t width) {
+   page slot / bs at page_stride floats, offset slot % bs at slot_stride floats within it. 0, or -1 (nothing
+   written) when a slot lies past the cache's num_pages pages. */
+int store_kv_f32(const float *k, int64_t ks, const float *v, int64_t vs, float *k_cache, float *v_cache,
+                 int64_t page_stride, int64_t slot_stride, int64_t bs, int64_t num_pages, const int64_t *slots,
+                 int64_t T, int64_t width) {
+    for (int64_t t = 0; t < T; t++)
+        if (slots[t] >= num_pages * bs) return -1;
     for (int64_t t = 0; t < T; t++) {
         if (slots[t] < 0) continue;
         const int64_t at = slots[t] / bs * page_stride + slots[t] % bs * slot_stride;
         memcpy(k_cache + at, k + t * ks, sizeof(float) * (size_t)width);
         memcpy(v_cache + at, v + t * vs, sizeof(float) * (size_t)width);
     }
+    return 0;
 }

@@ -60,8 +60,10 @@ def store_kv(
     assert k.stride()[1:] == v.stride()[1:] == (hd, 1) and slot_mapping.is_contiguous()
     assert k_cache.stride() == v_cache.stride() and k_cache.stride()[1:] == (kvh * hd, hd, 1)
     assert k.dtype == v.dtype == k_cache.dtype == v_cache.dtype and k_cache.shape[2:] == (kvh, hd)
-    load("elementwise").store_kv_f32(
+    status = load("elementwise").store_kv_f32(
         ptr(k), ctypes.c_int64(k.stride(0)), ptr(v), ctypes.c_int64(v.stride(0)), ptr(k_cache), ptr(v_cache),
         ctypes.c_int64(k_cache.stride(0)), ctypes.c_int64(k_cache.stride(1)), ctypes.c_int64(k_cache.shape[1]),
-        ptr(slot_mapping), ctypes.c_int64(T), ctypes.c_int64(kvh * hd),
+        ctypes.c_int64(k_cache.shape[0]), ptr(slot_mapping), ctypes.c_int64(T), ctypes.c_int64(kvh * hd),
     )  # fmt: skip
+    if status != 0:  # a bookkeeping bug upstream: refuse rather than write outside the pool
+        raise IndexError(f"a KV slot lies past the cache's {k_cache.shape[0]} pages")

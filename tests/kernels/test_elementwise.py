@@ -66,6 +66,15 @@ def test_store_kv_into_pool_pages(T):
     assert torch.equal(pool, pool_twin)
 
 
+@needs_cc
+def test_store_kv_refuses_a_slot_past_the_pages():
+    cache = torch.zeros(2, 16, 1, 8)
+    k = torch.ones(1, 1, 8)
+    with pytest.raises(IndexError):
+        elementwise.store_kv(k, k, cache, cache.clone(), torch.tensor([32]))
+    assert not cache.any()
+
+
 @pytest.mark.parametrize("T", [1, 5])
 def test_ops_dispatch_matches_the_twins(T):
     x, w = torch.randn(T, 64), torch.randn(64)
