@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from bench.report_file import emit
 from server.api.routing import Routers
 from server.config import EngineConfig
 from server.engine.async_engine import AsyncEngine
@@ -75,11 +76,7 @@ def main() -> None:
                 "ms_per_prompt measured under load (five other helpers share this 2-core machine)",
     }
     rep.update({s: evaluate(SETS[s]) for s in sets if (SETS[s] / "eval.jsonl").exists()})
-    text = json.dumps(rep, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(rep, args.out)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from bench.report_file import emit
 from server.api.routing import Routers
 from server.config import EngineConfig
 from server.engine.async_engine import AsyncEngine
@@ -122,11 +123,7 @@ def main() -> None:
         "ttft_ms_median": ttft_ms,
         "ttft_overhead_vs_named": {k: round(v / ttft_ms["named"] - 1, 3) for k, v in ttft_ms.items()},
     }
-    text = json.dumps(rep, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(rep, args.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench.report_file import emit
 from server.api.routing import Routers
 from server.config import EngineConfig
 from server.engine.async_engine import AsyncEngine
@@ -96,11 +97,7 @@ def main() -> None:
         "demo": demo,
         "validation": evaluate(SETS["validation"], [(k, temp)]),
     }
-    text = json.dumps(rep, indent=1)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(rep, args.out)
 
 
 if __name__ == "__main__":
