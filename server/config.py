@@ -5,6 +5,7 @@ from pathlib import Path
 
 from kernels.cache_dir import default_cache_dir
 from kernels.limits import MAX_LORA_RANK
+from server.memory.eviction import POLICIES as EVICTION_POLICIES
 
 __all__ = ["DTYPES", "WEIGHTS", "EngineConfig", "cpu_has_fast_bf16", "default_cache_dir", "resolve_dtype"]
 
@@ -47,6 +48,7 @@ class EngineConfig:
     num_threads: int | None = None  # torch intra-op threads on CPU; None = torch's default
     cache_dir: Path | None = None  # converted-weights cache; None = default_cache_dir()
     prefix_caching: bool = True  # reuse cached KV of shared prompt prefixes (keyed by LoRA content identity)
+    eviction: str = "lru"  # which idle thing the pool evicts first: lru | cost (server/memory/eviction.py)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -68,6 +70,8 @@ class EngineConfig:
             raise ValueError(
                 f"--max-lora-rank {self.max_lora_rank} is above {MAX_LORA_RANK}, the most the CPU LoRA kernel accepts"
             )
+        if self.eviction not in EVICTION_POLICIES:
+            raise ValueError(f"eviction must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
         if self.adapter_cache_mb < 0:
             raise ValueError("adapter_cache_mb must be non-negative")
         self.dtype = resolve_dtype(self.dtype, self.device)

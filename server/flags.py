@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from server.api.settings import LOG_LEVELS, ServerSettings
 from server.config import EngineConfig
+from server.memory.eviction import POLICIES as EVICTION_POLICIES
 
 
 class _Flags:
@@ -83,6 +84,9 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
           default=1024, metavar="MIB")
     f.add("--no-prefix-caching", "recompute every prompt: no reuse of cached KV blocks of shared prefixes "
           "(on by default, keyed by the adapter's content)", switch=True)
+    f.add("--eviction", "which idle thing the unified pool evicts first when it needs pages: lru (least recently "
+          "used cached KV block or adapter) or cost (GreedyDual: also weighs what each costs to bring back per "
+          "page, a block's prefill vs an adapter's page-in)", choices=EVICTION_POLICIES, default="lru")
     f.add("--num-threads", "torch CPU threads (default: torch's choice)", type=int, metavar="N")
     f.add("--api-key", "require `Authorization: Bearer KEY` on /v1/*", metavar="KEY")
     f.add("--max-queue", "requests waiting for their first token before new ones get 429", type=int, default=256,
@@ -192,7 +196,7 @@ def engine_config(args: argparse.Namespace, device: str) -> EngineConfig:
         model=args.model, dtype=args.dtype, weights=args.weights, device=device, pool_mb=args.pool_mb,
         max_num_seqs=args.max_num_seqs, max_batch_tokens=args.max_batch_tokens, max_model_len=args.max_model_len,
         num_threads=args.num_threads, max_lora_rank=args.max_lora_rank, adapter_cache_mb=args.adapter_cache_mb,
-        prefix_caching=not args.no_prefix_caching,
+        prefix_caching=not args.no_prefix_caching, eviction=args.eviction,
     )
 
 

@@ -23,6 +23,7 @@ from server.engine.sequence import SeqStatus, Sequence, TokenRouting
 from server.memory.adapter_pages import AdapterPages, pack
 from server.memory.block_manager import BlockManager, blocks_for
 from server.memory.device_pool import DevicePool
+from server.memory.eviction import Eviction, EvictionConfig
 from server.memory.prefix_cache import PrefixCache
 from server.model.llama import LlamaForCausalLM, head_dim
 from server.model.loader import Checkpoint, build_model, resolve_checkpoint
@@ -80,7 +81,7 @@ class LLMEngine:
         )
         self.pool = DevicePool(
             n_pages, mc.num_hidden_layers, config.block_size, mc.num_key_value_heads, head_dim(mc), dtype,
-            config.device,
+            config.device, Eviction(EvictionConfig(config.eviction)),
         )
         self.registry = AdapterRegistry(
             mc, config.max_lora_rank, HostCache(mc, config.adapter_cache_mb * 2**20, dtype)

@@ -4,14 +4,15 @@ An adapter's tensors (what its format pages in per targeted module of each layer
 also its per-channel scale) are packed into whole pages
 so that no tensor crosses a page boundary: every tensor is then one contiguous run of the pool,
 which kernels read through its offset. Adapters used by a running sequence are pinned and never
-evicted; idle ones are evicted when KV blocks or other adapters need pages, in the pool's one LRU
-order across idle adapters and idle cached KV blocks (page_pool.py): an adapter's last use is when
-its last running sequence released it.
+evicted; idle ones are evicted when KV blocks or other adapters need pages, in the pool's one order across idle adapters
+and idle cached KV blocks (page_pool.py, eviction.py): an adapter's last use is when its last
+running sequence released it.
 """
 
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from server.memory.eviction import Stamp
 from server.memory.page_pool import ADAPTER, PagePool
 
 TensorKey = tuple[int, str, str]  # (layer, module, factor): "a", "b", or a format's own (DoRA's "scale")
@@ -52,7 +53,7 @@ def pack(sizes: dict[TensorKey, int], page_elems: int) -> tuple[int, dict[Tensor
 class _Resident:
     placement: Placement
     pins: int = 0
-    last_use: int = 0  # the pool's tick when it was last acquired or released
+    last_use: Stamp = (0.0, 0)  # the pool's stamp when it was last acquired or released
 
 
 class AdapterPages:
@@ -82,7 +83,7 @@ class AdapterPages:
         idle = [(r.last_use, a) for a, r in self._resident.items() if r.pins == 0]
         return min(idle)[1] if idle else None
 
-    def oldest(self) -> int | None:
+    def oldest(self) -> Stamp | None:
         adapter_id = self._idle_lru()
         return None if adapter_id is None else self._resident[adapter_id].last_use
 
@@ -97,7 +98,7 @@ class AdapterPages:
         return len(res.placement.pages)
 
     def evict_idle(self, pages_wanted: int) -> int:
-        """Evict idle adapters, least recently used first, until pages_wanted are freed; pages freed."""
+        """Evict idle adapters, smallest stamp first, until pages_wanted are freed; pages freed."""
         freed = 0
         while freed < pages_wanted and (n := self.evict_oldest()):
             freed += n
@@ -109,7 +110,7 @@ class AdapterPages:
         if res is not None:
             self._resident.move_to_end(adapter_id)
             res.pins += 1
-            res.last_use = self.pool.tick()
+            res.last_use = self.pool.stamp(ADAPTER)
             self.stats.hits += 1
             return res.placement, False
         n_pages, where = pack(sizes, self.page_elems)
@@ -118,7 +119,7 @@ class AdapterPages:
         pages = self.pool.allocate(n_pages, ADAPTER)  # evicts idle adapters and cached KV blocks, LRU first
         offsets = {k: pages[p] * self.page_elems + off for k, (p, off) in where.items()}
         placement = Placement(pages, offsets)
-        self._resident[adapter_id] = _Resident(placement, pins=1, last_use=self.pool.tick())
+        self._resident[adapter_id] = _Resident(placement, pins=1, last_use=self.pool.stamp(ADAPTER))
         self.stats.loads += 1
         self._sync_stats()
         return placement, True
@@ -127,7 +128,7 @@ class AdapterPages:
         res = self._resident[adapter_id]
         assert res.pins > 0, f"adapter {adapter_id} released more often than acquired"
         res.pins -= 1
-        res.last_use = self.pool.tick()
+        res.last_use = self.pool.stamp(ADAPTER)
 
     def drop(self, adapter_id: int) -> bool:
         """Free an idle adapter's pages now (unload); False if it is pinned."""

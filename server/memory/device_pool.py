@@ -2,18 +2,20 @@
 
 import torch
 
+from server.memory.eviction import Eviction
 from server.memory.page_pool import PagePool
 
 
 class DevicePool:
     """pages (num_pages, page_elems). A page is one KV block for every layer: (L, 2, bs, kvh, hd)."""
 
-    def __init__(self, num_pages, num_layers, block_size, num_kv_heads, head_dim, dtype, device):
+    def __init__(self, num_pages, num_layers, block_size, num_kv_heads, head_dim, dtype, device,
+                 eviction: Eviction | None = None):
         self.num_layers, self.block_size = num_layers, block_size
         self.kv_shape = (num_layers, 2, block_size, num_kv_heads, head_dim)
         self.page_elems = num_layers * 2 * block_size * num_kv_heads * head_dim
         self.pages = torch.zeros(num_pages, self.page_elems, dtype=dtype, device=device)
-        self.book = PagePool(num_pages)
+        self.book = PagePool(num_pages, eviction)
 
     @staticmethod
     def pages_for_budget(pool_mb: int, num_layers, block_size, num_kv_heads, head_dim, dtype) -> int:

@@ -2,16 +2,18 @@
 
 Idle things that hold pages (adapters no running sequence uses, cached KV blocks no running
 sequence holds) stay in the pool until pages are needed. Then the pool asks its reclaimers and
-evicts the least recently used idle thing first, whoever owns it: one LRU across adapters and KV
-blocks. "Use" is stamped by the pool's logical clock (tick), so the order is exact and testable.
+evicts the idle thing with the smallest stamp first, whoever owns it: one policy across adapters
+and KV blocks (eviction.py: LRU by default, or cost-aware). Uses are stamped by the pool's logical
+clock, so the order is exact and testable.
 """
 
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-KV = "kv"
-ADAPTER = "adapter"
+from server.memory.eviction import ADAPTER, KV, Eviction, Stamp
+
+__all__ = ["ADAPTER", "KV", "OutOfPages", "PagePool", "PoolStats", "Reclaimer"]
 
 
 class OutOfPages(RuntimeError):
@@ -36,8 +38,8 @@ class Reclaimer(Protocol):
         """Pages that evicting every idle thing would free."""
         ...
 
-    def oldest(self) -> int | None:
-        """Last-use tick of what evict_oldest would evict next; None when nothing is idle."""
+    def oldest(self) -> Stamp | None:
+        """Stamp of what evict_oldest would evict next (smallest first); None when nothing is idle."""
         ...
 
     def evict_oldest(self) -> int:
@@ -48,7 +50,7 @@ class Reclaimer(Protocol):
 class PagePool:
     """Fixed-size pages of one preallocated buffer; KV blocks and adapter weights both draw from here."""
 
-    def __init__(self, num_pages: int):
+    def __init__(self, num_pages: int, eviction: Eviction | None = None):
         if num_pages < 1:
             raise ValueError("the pool needs at least one page")
         self.num_pages = num_pages
@@ -56,15 +58,14 @@ class PagePool:
         self._owner: dict[int, str] = {}
         self._used = {KV: 0, ADAPTER: 0}
         self.reclaimers: list[Reclaimer] = []
-        self._clock = 0
+        self.eviction = eviction or Eviction()
 
     def add_reclaimer(self, reclaimer: Reclaimer) -> None:
         self.reclaimers.append(reclaimer)
 
-    def tick(self) -> int:
-        """The next value of the logical clock that orders last uses."""
-        self._clock += 1
-        return self._clock
+    def stamp(self, owner: str) -> Stamp:
+        """A use of an evictable thing of this owner, now: what orders evictions."""
+        return self.eviction.stamp(owner)
 
     @property
     def num_free(self) -> int:
@@ -75,12 +76,14 @@ class PagePool:
         return len(self._free) + sum(r.reclaimable() for r in self.reclaimers)
 
     def reclaim(self, n: int) -> None:
-        """Evict idle things, globally least recently used first, until n pages are free (or nothing is idle)."""
+        """Evict idle things, smallest stamp first across reclaimers, until n pages are free (or nothing is idle)."""
         while len(self._free) < n:
-            ticks = [(t, i) for i, r in enumerate(self.reclaimers) if (t := r.oldest()) is not None]
-            if not ticks:
+            stamps = [(s, i) for i, r in enumerate(self.reclaimers) if (s := r.oldest()) is not None]
+            if not stamps:
                 return
-            self.reclaimers[min(ticks)[1]].evict_oldest()
+            stamp, i = min(stamps)
+            self.reclaimers[i].evict_oldest()
+            self.eviction.evicted(stamp)
 
     def allocate(self, n: int, owner: str) -> list[int]:
         if n > len(self._free):

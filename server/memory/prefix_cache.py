@@ -17,23 +17,19 @@ Choices, and why:
   with one prefix share it; two that computed the same block in one step keep one copy. A page is
   refcounted by the sequences whose tables hold it; at 0 it becomes cached-idle (kept, evictable),
   not free.
-- Eviction: the pool's one LRU across idle cached blocks and idle adapters (page_pool.py). A
-  sequence releases its table leaf first, so a chain's deeper blocks get older ticks than its
-  shallower ones and leaves go first; a block with cached children is never evicted (its children
-  would become unreachable but still hold pages).
-- No cost-aware eviction. Per page, the two costs are of one order here: re-prefilling a 16-token
-  block of SmolLM2-135M in fp32 costs ~10-60 ms on this CPU (273-940 prompt tokens/s in
-  bench/results/prefix, under load), and reloading an evicted adapter is a host-to-pool copy of
-  ~18 ms for a few pages (bench/results/adapters.json, cold_load_host_to_pool_ms). What decides is
-  whether the thing is used again, which LRU by last use already estimates; a weighting would need
-  per-deployment reuse statistics we do not have. A weighted policy can replace oldest() without
-  touching the scheduler.
+- Eviction: the pool's one policy across idle cached blocks and idle adapters (page_pool.py,
+  eviction.py: LRU, or cost-aware GreedyDual). A sequence releases its table leaf first, so a
+  chain's deeper blocks get older stamps than its shallower ones and leaves go first; a block with
+  cached children is never evicted (its children would become unreachable but still hold pages).
+  Every block costs the same to restore, so under either policy a later release has a larger stamp
+  and the idle dict stays in stamp order.
 """
 
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
+from server.memory.eviction import Stamp
 from server.memory.page_pool import KV, PagePool
 
 BlockKey = tuple[int | None, tuple[int, ...], Hashable]  # (parent hash, token ids, LoRA identity)
@@ -73,7 +69,7 @@ class PrefixCache:
         self.block_size = block_size
         self._page_of: dict[int, int] = {}  # block hash -> page
         self._blocks: dict[int, CachedBlock] = {}  # page -> block
-        self._idle: OrderedDict[int, int] = OrderedDict()  # page -> tick of its last release, oldest first
+        self._idle: OrderedDict[int, Stamp] = OrderedDict()  # page -> stamp of its last release, smallest first
         self.stats = PrefixStats()
         pool.add_reclaimer(self)
 
@@ -142,7 +138,7 @@ class PrefixCache:
         assert block.refs > 0, f"cached page {page} released more often than taken"
         block.refs -= 1
         if block.refs == 0:
-            self._idle[page] = self.pool.tick()
+            self._idle[page] = self.pool.stamp(KV)
 
     def refs(self, page: int) -> int:
         return self._blocks[page].refs
@@ -155,7 +151,7 @@ class PrefixCache:
     def _next_victim(self) -> int | None:
         return next((p for p in self._idle if self._blocks[p].children == 0), None)
 
-    def oldest(self) -> int | None:
+    def oldest(self) -> Stamp | None:
         page = self._next_victim()
         return None if page is None else self._idle[page]
 

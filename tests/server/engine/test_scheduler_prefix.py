@@ -10,6 +10,7 @@ from server.engine.scheduler import Scheduler, SchedulerConfig
 from server.engine.sequence import SeqStatus, Sequence
 from server.memory.adapter_pages import AdapterPages
 from server.memory.block_manager import BlockManager
+from server.memory.eviction import Eviction, EvictionConfig
 from server.memory.page_pool import PagePool
 from server.memory.prefix_cache import PrefixCache
 
@@ -181,10 +182,11 @@ def test_abort_of_a_sharer_keeps_the_other_running():
     assert pool.stats().kv == 0 and pool.stats().cached == 4  # b's partial and decode pages went back free
 
 
+@pytest.mark.parametrize("policy", ["lru", "cost"])
 @pytest.mark.parametrize("seed", range(6))
-def test_random_shared_prefixes_under_a_tight_pool_lose_nothing(seed):
+def test_random_shared_prefixes_under_a_tight_pool_lose_nothing(seed, policy):
     rng = random.Random(seed)
-    pool = PagePool(24)
+    pool = PagePool(24, Eviction(EvictionConfig(policy)))
     adapters = PoolAdapters(pool)
     sched = Scheduler(SchedulerConfig(6, 24), BlockManager(pool, BS, cache := PrefixCache(pool, BS)), adapters)
     systems = [list(range(100 * k, 100 * k + rng.randint(4, 14))) for k in range(3)]
