@@ -1,6 +1,8 @@
 """The one place that picks a kernel: Triton on CUDA; on CPUs the C kernels (kernels/cpu) if built, else the twin."""
 
+import importlib
 import os
+from functools import cache
 
 import torch
 
@@ -13,12 +15,17 @@ def _use_triton(x: torch.Tensor) -> bool:
     return x.is_cuda and not _FORCE_TORCH
 
 
+@cache
+def _cpu_module(name: str):
+    """kernels.cpu.<name>, imported on first use (the hot paths call here per projection)."""
+    return importlib.import_module(f"kernels.cpu.{name}")
+
+
 def _cpu_elementwise(x: torch.Tensor):
     """kernels/cpu/elementwise when it serves x (CPU, fp32, built), else None."""
     if _FORCE_TORCH or x.device.type != "cpu":
         return None
-    from kernels.cpu import elementwise
-
+    elementwise = _cpu_module("elementwise")
     return elementwise if elementwise.available(x) else None
 
 
@@ -146,8 +153,7 @@ def quant_matmul(x, blocks, qtype):
     """x (T, in) @ dequant(blocks)^T -> (T, out) in x's dtype; blocks (out, in/32 * block bytes) uint8 of
     ggml type qtype (Q8_0/Q4_0/Q4_1, or F32: dense weights as bytes). The C kernel on CPUs, else the twin
     (dequantize + F.linear; for F32 a view, so torch's GEMM on the weight itself)."""
-    from kernels.cpu import quant_matmul as cpu_quant
-
+    cpu_quant = _cpu_module("quant_matmul")
     if not _FORCE_TORCH and cpu_quant.available(x) and cpu_quant.serves(x, qtype):
         return cpu_quant.quant_matmul(x, blocks, qtype)
     from kernels.torch.quant_matmul import quant_matmul as twin

@@ -173,3 +173,18 @@ def load(name: str) -> ctypes.CDLL | None:
         log.warning("not using the kernel cache, %s: building %s in a private temporary dir", problem, name)
         return _load_private(name)
     return _load_cached(name, target)
+
+
+_ARG_TYPES = {"p": ctypes.c_void_p, "i": ctypes.c_int64, "f": ctypes.c_float}
+
+
+@cache
+def bind(name: str, symbol: str, signature: str):
+    """kernels/cpu/<name>.c's `int symbol(...)` with its arguments declared ("p" pointer, "i" int64, "f" float),
+    or None when the library cannot be built. ctypes then converts plain ints and floats itself: a decode step
+    makes ~200 of these calls, and wrapping every argument in a ctypes object cost more than some kernels."""
+    lib = load(name)
+    if lib is None:
+        return None
+    fn = ctypes.CFUNCTYPE(ctypes.c_int, *(_ARG_TYPES[c] for c in signature))((symbol, lib))
+    return fn

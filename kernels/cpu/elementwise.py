@@ -1,11 +1,9 @@
 """RMSNorm (+ residual), rotary and the K/V store on CPUs (elementwise.c), fp32; one C call each instead of
 several torch ops. Same signatures as the torch twins (kernels/torch/rms_norm.py, rotary.py, kv_store.py)."""
 
-import ctypes
-
 import torch
 
-from kernels.cpu.build import load, ptr
+from kernels.cpu.build import bind, load
 
 
 def available(x: torch.Tensor) -> bool:
@@ -22,10 +20,9 @@ def add_rms_norm(
     assert x.stride(1) == 1 and weight.shape == (D,) and weight.is_contiguous() and weight.dtype == x.dtype
     assert res is None or (res.shape == x.shape and res.stride(1) == 1 and res.dtype == x.dtype)
     out = torch.empty(T, D, dtype=x.dtype)
-    load("elementwise").add_rms_norm_f32(
-        ptr(x), ctypes.c_int64(x.stride(0)), None if res is None else ptr(res),
-        ctypes.c_int64(0 if res is None else res.stride(0)), ptr(weight), ptr(out), ctypes.c_int64(D),
-        ctypes.c_int64(T), ctypes.c_int64(D), ctypes.c_float(eps), ctypes.c_int64(torch.get_num_threads()),
+    bind("elementwise", "add_rms_norm_f32", "pipippiiifi")(
+        x.data_ptr(), x.stride(0), None if res is None else res.data_ptr(), 0 if res is None else res.stride(0),
+        weight.data_ptr(), out.data_ptr(), D, T, D, eps, torch.get_num_threads(),
     )  # fmt: skip
     return out
 
@@ -40,11 +37,9 @@ def rotary_(
     assert k.shape[0] == T and k.shape[2] == hd and hd % 2 == 0 and q.stride(2) == k.stride(2) == 1
     assert cos.shape == sin.shape == (T, hd) and cos.stride() == sin.stride() and cos.stride(1) == 1
     assert q.dtype == k.dtype == cos.dtype == sin.dtype
-    load("elementwise").rotary_f32(
-        ptr(q), ctypes.c_int64(q.stride(0)), ctypes.c_int64(q.stride(1)), ctypes.c_int64(H),
-        ptr(k), ctypes.c_int64(k.stride(0)), ctypes.c_int64(k.stride(1)), ctypes.c_int64(k.shape[1]),
-        ptr(cos), ptr(sin), ctypes.c_int64(cos.stride(0)), ctypes.c_int64(T), ctypes.c_int64(hd),
-        ctypes.c_int64(torch.get_num_threads()),
+    bind("elementwise", "rotary_f32", "piiipiiippiiii")(
+        q.data_ptr(), q.stride(0), q.stride(1), H, k.data_ptr(), k.stride(0), k.stride(1), k.shape[1],
+        cos.data_ptr(), sin.data_ptr(), cos.stride(0), T, hd, torch.get_num_threads(),
     )  # fmt: skip
 
 
@@ -60,10 +55,9 @@ def store_kv(
     assert k.stride()[1:] == v.stride()[1:] == (hd, 1) and slot_mapping.is_contiguous()
     assert k_cache.stride() == v_cache.stride() and k_cache.stride()[1:] == (kvh * hd, hd, 1)
     assert k.dtype == v.dtype == k_cache.dtype == v_cache.dtype and k_cache.shape[2:] == (kvh, hd)
-    status = load("elementwise").store_kv_f32(
-        ptr(k), ctypes.c_int64(k.stride(0)), ptr(v), ctypes.c_int64(v.stride(0)), ptr(k_cache), ptr(v_cache),
-        ctypes.c_int64(k_cache.stride(0)), ctypes.c_int64(k_cache.stride(1)), ctypes.c_int64(k_cache.shape[1]),
-        ctypes.c_int64(k_cache.shape[0]), ptr(slot_mapping), ctypes.c_int64(T), ctypes.c_int64(kvh * hd),
+    status = bind("elementwise", "store_kv_f32", "pipippiiiipii")(
+        k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+        k_cache.stride(0), k_cache.stride(1), k_cache.shape[1], k_cache.shape[0], slot_mapping.data_ptr(), T, kvh * hd,
     )  # fmt: skip
     if status != 0:  # a bookkeeping bug upstream: refuse rather than write outside the pool
         raise IndexError(f"a KV slot lies past the cache's {k_cache.shape[0]} pages")

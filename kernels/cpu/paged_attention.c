@@ -18,7 +18,7 @@
 /* q, out (B, H, hd) contiguous; caches (pages, bs, kvh, hd) with page stride `page_stride` elements;
    tables (B, table_stride) int32 page ids; ctx_lens (B,) int32 keys visible to each query. */
 #define PAGED_DECODE(NAME, T, LOAD, STORE)                                                          \
-    int NAME(const T *q, const T *k_cache, const T *v_cache, int64_t page_stride,                   \
+    static int NAME(const T *q, const T *k_cache, const T *v_cache, int64_t page_stride,                   \
              const int32_t *tables, int64_t table_stride, const int32_t *ctx_lens, T *out,          \
              int64_t B, int64_t H, int64_t kvh, int64_t hd, int64_t bs, float scale,                \
              int64_t num_threads) {                                                                 \
@@ -85,8 +85,8 @@
 
 #define ID(v) (v)
 
-PAGED_DECODE(paged_decode_f32, float, ID, ID)
-PAGED_DECODE(paged_decode_bf16, uint16_t, bf16_to_f32, f32_to_bf16)
+PAGED_DECODE(decode_any_f32, float, ID, ID)
+PAGED_DECODE(decode_any_bf16, uint16_t, bf16_to_f32, f32_to_bf16)
 
 /* Paged prefill: causal attention of packed query chunks against their sequences' keys (a cached
    prefix, then the chunk itself), read in place through the block tables.
@@ -309,3 +309,118 @@ int paged_prefill_bf16(const uint16_t *q, const uint16_t *k_cache, const uint16_
     return paged_prefill(q, k_cache, v_cache, page_stride, num_pages, tables, table_stride, max_blocks, cu_seqlens,
                          ctx_lens, out, Tq, S, H, kvh, hd, bs, scale, num_threads, 1);
 }
+
+/* ---- decode, vector path: head dims of 64 or 128 ------------------------------------------------ */
+/* One task per (sequence, kv head) as above, but each query head's q and accumulator stay in registers
+   (NVH vectors) while the task walks the pages, a chunk of keys at a time with an online softmax: no
+   scores buffer, no per-key loads and stores of the accumulator. K and V chunks are read once from memory
+   for the first query head of the group and from L1 for the others. */
+#define DEC_KEYS 64 /* keys per chunk: scores on the stack, exps vectorised over them */
+
+static inline vec loadv_f32(const float *p) {
+    vec v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline vec loadv_bf16(const uint16_t *p) {
+    vec v;
+    for (int j = 0; j < VW; j++) v[j] = bf16_to_f32(p[j]);
+    return v;
+}
+
+static inline float hsum(vec v) { /* -ffast-math: the compiler reduces it as a tree */
+    float s = 0.f;
+    for (int j = 0; j < VW; j++) s += v[j];
+    return s;
+}
+
+#define DECODE_HEADS(NAME, T, LOADV, STORE, NVH, HP)                                               \
+    static void NAME(const T *q, const T *k_cache, const T *v_cache, int64_t page_stride,           \
+                     const int32_t *table, int64_t L, T *out, int64_t kvh, int64_t bs, float scale) { \
+        enum { HD = NVH * VW };                                                                     \
+        vec qv[HP][NVH], acc[HP][NVH];                                                              \
+        float m[HP], l[HP], s[HP][DEC_KEYS];                                                        \
+        for (int h = 0; h < HP; h++) {                                                              \
+            m[h] = NEG_BIG, l[h] = 0.f;                                                             \
+            for (int v = 0; v < NVH; v++) qv[h][v] = LOADV(q + h * HD + v * VW) * scale, acc[h][v] = (vec){0}; \
+        }                                                                                           \
+        for (int64_t t0 = 0; t0 < L; t0 += bs) {                                                    \
+            const int64_t page = (int64_t)table[t0 / bs] * page_stride, end = L < t0 + bs ? L : t0 + bs; \
+            for (int64_t c0 = t0; c0 < end; c0 += DEC_KEYS) {                                       \
+                const int64_t n = end - c0 < DEC_KEYS ? end - c0 : DEC_KEYS;                        \
+                const T *kp = k_cache + page + (c0 - t0) * kvh * HD, *vp = v_cache + page + (c0 - t0) * kvh * HD; \
+                float mc[HP];                                                                       \
+                for (int h = 0; h < HP; h++) mc[h] = m[h];                                          \
+                for (int64_t t = 0; t < n; t++) {                                                   \
+                    vec kv[NVH], d[HP];                                                             \
+                    for (int v = 0; v < NVH; v++) kv[v] = LOADV(kp + t * kvh * HD + v * VW);        \
+                    for (int h = 0; h < HP; h++) {                                                  \
+                        d[h] = qv[h][0] * kv[0];                                                    \
+                        for (int v = 1; v < NVH; v++) d[h] += qv[h][v] * kv[v];                     \
+                    }                                                                               \
+                    for (int h = 0; h < HP; h++) {                                                  \
+                        s[h][t] = hsum(d[h]);                                                       \
+                        mc[h] = s[h][t] > mc[h] ? s[h][t] : mc[h];                                  \
+                    }                                                                               \
+                }                                                                                   \
+                for (int h = 0; h < HP; h++) {                                                      \
+                    const float alpha = expf(m[h] - mc[h]);                                         \
+                    float sum = 0.f;                                                                \
+                    for (int64_t t = 0; t < n; t++) sum += s[h][t] = expf(s[h][t] - mc[h]);         \
+                    l[h] = l[h] * alpha + sum;                                                      \
+                    m[h] = mc[h];                                                                   \
+                    for (int v = 0; v < NVH; v++) acc[h][v] *= alpha;                               \
+                }                                                                                   \
+                for (int64_t t = 0; t < n; t++)                                                     \
+                    for (int v = 0; v < NVH; v++) {                                                 \
+                        const vec vv = LOADV(vp + t * kvh * HD + v * VW);                           \
+                        for (int h = 0; h < HP; h++) acc[h][v] += s[h][t] * vv;                     \
+                    }                                                                               \
+            }                                                                                       \
+        }                                                                                           \
+        for (int h = 0; h < HP; h++) {                                                              \
+            const float inv = L > 0 ? 1.f / l[h] : 0.f;                                             \
+            for (int v = 0; v < NVH; v++)                                                           \
+                for (int j = 0; j < VW; j++) out[h * HD + v * VW + j] = STORE(acc[h][v][j] * inv);  \
+        }                                                                                           \
+    }
+
+/* heads of a group in passes of HP (sharing each key and value load), the rest one at a time */
+DECODE_HEADS(heads64x3_f32, float, loadv_f32, ID, 64 / VW, 3)
+DECODE_HEADS(heads64x1_f32, float, loadv_f32, ID, 64 / VW, 1)
+DECODE_HEADS(heads128x2_f32, float, loadv_f32, ID, 128 / VW, 2)
+DECODE_HEADS(heads128x1_f32, float, loadv_f32, ID, 128 / VW, 1)
+DECODE_HEADS(heads64x3_bf16, uint16_t, loadv_bf16, f32_to_bf16, 64 / VW, 3)
+DECODE_HEADS(heads64x1_bf16, uint16_t, loadv_bf16, f32_to_bf16, 64 / VW, 1)
+DECODE_HEADS(heads128x2_bf16, uint16_t, loadv_bf16, f32_to_bf16, 128 / VW, 2)
+DECODE_HEADS(heads128x1_bf16, uint16_t, loadv_bf16, f32_to_bf16, 128 / VW, 1)
+
+#define DECODE_ENTRY(NAME, T, ANY, SFX)                                                              \
+    int NAME(const T *q, const T *k_cache, const T *v_cache, int64_t page_stride,                   \
+             const int32_t *tables, int64_t table_stride, const int32_t *ctx_lens, T *out,          \
+             int64_t B, int64_t H, int64_t kvh, int64_t hd, int64_t bs, float scale,                \
+             int64_t num_threads) {                                                                 \
+        if ((hd != 64 && hd != 128) || kvh <= 0 || H % kvh)                                         \
+            return ANY(q, k_cache, v_cache, page_stride, tables, table_stride, ctx_lens, out, B, H, kvh, hd, bs, \
+                       scale, num_threads);                                                         \
+        const int64_t G = H / kvh, HP = hd == 64 ? 3 : 2;                                           \
+        _Pragma("omp parallel for collapse(2) schedule(dynamic, 1) num_threads(num_threads)")       \
+        for (int64_t b = 0; b < B; b++)                                                             \
+            for (int64_t g = 0; g < kvh; g++)                                                       \
+                for (int64_t i = 0; i < G;) {                                                       \
+                    const int64_t at = (b * H + g * G + i) * hd, L = ctx_lens[b];                   \
+                    const T *k = k_cache + g * hd, *v = v_cache + g * hd, *qi = q + at;             \
+                    const int32_t *table = tables + b * table_stride;                               \
+                    const int pass = G - i >= HP ? (int)HP : 1;                                     \
+                    if (hd == 64)                                                                   \
+                        (pass == 3 ? heads64x3_##SFX : heads64x1_##SFX)(qi, k, v, page_stride, table, L, out + at, kvh, bs, scale); \
+                    else                                                                            \
+                        (pass == 2 ? heads128x2_##SFX : heads128x1_##SFX)(qi, k, v, page_stride, table, L, out + at, kvh, bs, scale); \
+                    i += pass;                                                                      \
+                }                                                                                   \
+        return 0;                                                                                   \
+    }
+
+DECODE_ENTRY(paged_decode_f32, float, decode_any_f32, f32)
+DECODE_ENTRY(paged_decode_bf16, uint16_t, decode_any_bf16, bf16)

@@ -6,7 +6,7 @@ import ctypes
 
 import torch
 
-from kernels.cpu.build import load, ptr
+from kernels.cpu.build import bind, load, ptr
 
 _FUNCS = {torch.float32: "paged_decode_f32", torch.bfloat16: "paged_decode_bf16"}
 _PREFILL_FUNCS = {torch.float32: "paged_prefill_f32", torch.bfloat16: "paged_prefill_bf16"}
@@ -38,11 +38,10 @@ def paged_attention_decode(
     assert block_tables.dtype == context_lens.dtype == torch.int32 and block_tables.stride(1) == 1
     assert block_tables.shape[0] == B and context_lens.shape == (B,) and context_lens.is_contiguous()
     out = torch.empty_like(q)
-    status = getattr(load("paged_attention"), _FUNCS[q.dtype])(
-        ptr(q), ptr(k_cache), ptr(v_cache), ctypes.c_int64(k_cache.stride(0)),
-        ptr(block_tables), ctypes.c_int64(block_tables.stride(0)), ptr(context_lens), ptr(out),
-        ctypes.c_int64(B), ctypes.c_int64(H), ctypes.c_int64(kvh), ctypes.c_int64(hd), ctypes.c_int64(bs),
-        ctypes.c_float(scale), ctypes.c_int64(torch.get_num_threads()),
+    status = bind("paged_attention", _FUNCS[q.dtype], "pppipippiiiiifi")(
+        q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), block_tables.data_ptr(),
+        block_tables.stride(0), context_lens.data_ptr(), out.data_ptr(), B, H, kvh, hd, bs, scale,
+        torch.get_num_threads(),
     )  # fmt: skip
     assert status == 0, f"paged_attention.c refused (status {status}): H={H} kvh={kvh} hd={hd}"
     return out

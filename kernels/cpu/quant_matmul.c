@@ -12,7 +12,9 @@
    once and serves up to 4 rows of x. More rows: a tile of NT output rows x KC inputs is dequantized
    into an L1-resident buffer once and reused by every row of x, in register-blocked MR x NR dot
    products. AVX-512 or AVX2, picked at run time; scalar otherwise. Threads: torch's OpenMP pool. */
+#include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -382,9 +384,113 @@ static int pick(int64_t isa, rows_fn *rows, dequant_fn *deq, micro_fn *micro) {
     return isa >= ISA_SCALAR && isa <= quant_best_isa();
 }
 
+/* ---- many rows, best path: x packed transposed, outer products ------------------------------- */
+/* The tiled path above reduces every (row of x, row of W) dot product across a register's lanes. Here x's
+   rows sit in the lanes instead: x is packed once per call as xT (K, TP), TP its rows rounded up to VW,
+   and each step broadcasts one weight against VW rows of x. No horizontal sums, no transposed weights;
+   the result comes out transposed per tile (outT (NTW, TP)) and is written back once. Plain GCC vector
+   types: the compiler maps them onto this CPU's widest registers (-march=native). */
+#if defined(__AVX512F__)
+#define VW 16
+#define ACC_REGS 24 /* of 32 zmm */
+#else
+#define VW 8
+#define ACC_REGS 12 /* of 16 ymm */
+#endif
+typedef float vecf __attribute__((vector_size(VW * sizeof(float))));
+enum { TV_MAX = 4, TCH = 256, NTW = 48, KCW = 128 }; /* x rows per pass TV_MAX * VW; rows per chunk; tile */
+
+/* outT[j][:TV*VW] += sum_k w[j][k] xT[k][:TV*VW] for MRW rows of w (wstride floats apart) */
+#define OUTER_BODY(MRW, TV)                                                                         \
+    do {                                                                                            \
+        vecf acc[MRW][TV];                                                                          \
+        for (int j = 0; j < MRW; j++)                                                               \
+            for (int v = 0; v < TV; v++) acc[j][v] = *(const vecf *)(outT + j * tp + v * VW);       \
+        for (int64_t k = 0; k < kc; k++) {                                                          \
+            vecf xv[TV];                                                                            \
+            for (int v = 0; v < TV; v++) xv[v] = *(const vecf *)(xT + k * tp + v * VW);             \
+            for (int j = 0; j < MRW; j++) {                                                         \
+                const vecf b = (vecf){0} + w[j * wstride + k];                                      \
+                for (int v = 0; v < TV; v++) acc[j][v] += b * xv[v];                                \
+            }                                                                                       \
+        }                                                                                           \
+        for (int j = 0; j < MRW; j++)                                                               \
+            for (int v = 0; v < TV; v++) *(vecf *)(outT + j * tp + v * VW) = acc[j][v];             \
+    } while (0)
+
+/* rows of w per call at TV vectors of x rows: as many accumulators as the registers hold */
+static int outer_rows(int tv) { return ACC_REGS / tv < 16 ? ACC_REGS / tv : 16; }
+
+static void outer(int mrw, int tv, const float *w, int64_t wstride, const float *xT, int64_t tp, int64_t kc,
+                  float *outT) {
+#define OUTER_CASE(M, V) case M * 8 + V: OUTER_BODY(M, V); return;
+    switch (mrw * 8 + tv) {
+#if VW == 16
+        OUTER_CASE(16, 1) OUTER_CASE(12, 2) OUTER_CASE(8, 3) OUTER_CASE(6, 4)
+#else
+        OUTER_CASE(12, 1) OUTER_CASE(6, 2) OUTER_CASE(4, 3) OUTER_CASE(3, 4)
+#endif
+        OUTER_CASE(1, 1) OUTER_CASE(1, 2) OUTER_CASE(1, 3) OUTER_CASE(1, 4)
+    }
+#undef OUTER_CASE
+    for (int j = 0; j < mrw; j++) outer(1, tv, w + j * wstride, wstride, xT, tp, kc, outT + j * tp); /* tails */
+}
+
+/* out (T, N) for T rows of x at a time up to TCH: pack xT, then tiles of NTW outputs split across threads */
+static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t ws, float *out, int64_t os,
+                         int64_t T, int64_t N, int64_t K, int type, int bb, dequant_fn deq, int64_t num_threads) {
+    const int64_t TPM = (TCH + VW - 1) / VW * VW;
+    float *xT = aligned_alloc(64, (size_t)(K * TPM) * sizeof(float));
+    float *scratch = aligned_alloc(64, (size_t)num_threads * (NTW * TPM + NTW * KCW) * sizeof(float));
+    if (!xT || !scratch) {
+        free(xT);
+        free(scratch);
+        return -4;
+    }
+    for (int64_t t0 = 0; t0 < T; t0 += TCH) {
+        const int64_t tn = T - t0 < TCH ? T - t0 : TCH, tp = (tn + VW - 1) / VW * VW;
+        for (int64_t k = 0; k < K; k++) {
+            float *row = xT + k * tp;
+            for (int64_t t = 0; t < tn; t++) row[t] = x[(t0 + t) * xs + k];
+            for (int64_t t = tn; t < tp; t++) row[t] = 0.f;
+        }
+        _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
+        for (int64_t n0 = 0; n0 < N; n0 += NTW) {
+            float *outT = scratch + (int64_t)omp_get_thread_num() * (NTW * TPM + NTW * KCW), *wd = outT + NTW * TPM;
+            const int nn = N - n0 < NTW ? (int)(N - n0) : NTW;
+            memset(outT, 0, sizeof(float) * (size_t)(nn * tp));
+            for (int64_t k0 = 0; k0 < K; k0 += KCW) {
+                const int64_t kc = K - k0 < KCW ? K - k0 : KCW;
+                const float *wk;
+                int64_t wstride;
+                if (type == F32) { /* dense weights: read in place */
+                    wk = (const float *)(w + n0 * ws) + k0, wstride = ws / (int64_t)sizeof(float);
+                } else {
+                    for (int j = 0; j < nn; j++) deq(type, w + (n0 + j) * ws + k0 / QK * bb, kc / QK, bb, wd + j * KCW);
+                    wk = wd, wstride = KCW;
+                }
+                for (int64_t v0 = 0; v0 < tp; v0 += TV_MAX * VW) {
+                    const int tv = (int)((tp - v0) / VW < TV_MAX ? (tp - v0) / VW : TV_MAX), mr = outer_rows(tv);
+                    for (int j0 = 0; j0 < nn; j0 += mr)
+                        outer(nn - j0 < mr ? nn - j0 : mr, tv, wk + j0 * wstride, wstride, xT + k0 * tp + v0, tp, kc,
+                              outT + j0 * tp + v0);
+                }
+            }
+            for (int64_t t = 0; t < tn; t++)
+                for (int j = 0; j < nn; j++) out[(t0 + t) * os + n0 + j] = outT[j * tp + t];
+        }
+    }
+    free(xT);
+    free(scratch);
+    return 0;
+}
+
 /* x (T, K) rows `xs` floats apart; w (N, K/32 blocks) rows `ws` bytes apart; out (T, N) rows `os` apart.
-   isa: -1 = the best this CPU runs. Up to gemv_rows rows of x take the register path, more the tiled one.
-   0 on success; -1 unknown type, -2 K not a multiple of 32 or bad sizes, -3 isa not available here. */
+   isa: -1 = the best this CPU runs. Up to gemv_rows rows of x take the register path; with isa -1, VW rows
+   or more take the packed outer-product path (fewer would leave lanes empty), the rest the tiled one (tests
+   name each isa to check each path against the twin).
+   0 on success; -1 unknown type, -2 K not a multiple of 32 or bad sizes, -3 isa not available here, -4 out
+   of memory. */
 int quant_matmul_f32(const float *x, int64_t xs, const uint8_t *w, int64_t ws, float *out, int64_t os,
                      int64_t T, int64_t N, int64_t K, int64_t type, int64_t isa, int64_t gemv_rows,
                      int64_t num_threads) {
@@ -408,6 +514,7 @@ int quant_matmul_f32(const float *x, int64_t xs, const uint8_t *w, int64_t ws, f
         }
         return 0;
     }
+    if (isa < 0 && T >= VW) return matmul_packed(x, xs, w, ws, out, os, T, N, K, (int)type, bb, deq, num_threads);
     _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
     for (int64_t n0 = 0; n0 < N; n0 += NT) {
         float wd[NT * KC] __attribute__((aligned(64))); /* 16 KiB: a tile of dequantized weights */

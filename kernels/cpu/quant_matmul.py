@@ -7,17 +7,18 @@ import ctypes
 
 import torch
 
-from kernels.cpu.build import load, ptr
-from kernels.torch.quant_matmul import check_inputs
+from kernels.cpu.build import bind, load, ptr
+from kernels.torch.quant_matmul import BLOCK, BLOCK_BYTES, check_inputs
 
 # Up to this many rows of x share each block dequantized in registers (decode); more rows go
 # through a dequantized tile reused by all of them.
 GEMV_MAX_ROWS = 4
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
-# Dense fp32 weights (type F32) take this kernel up to this many rows of x, torch's GEMM beyond. Measured
-# on the quiet 2-core AVX-512 host, 2 threads, SmolLM2's shapes: the kernel 1.3-2.9x torch's GEMM at 1-128
-# rows, even at 256-2048 (prefill chunks), where torch's GEMM has the better blocking to grow into.
-F32_MAX_ROWS = 128
+# Dense fp32 weights (type F32) take this kernel up to this many rows of x, torch's GEMM beyond. Measured on
+# the 2-core AVX-512 host, SmolLM2's shapes, one run under load from other jobs (/tmp-free: bench/results/
+# quant_matmul_packed.json): the packed outer-product path 1.3-2.6x torch's GEMM at 16-2048 rows, 1 and 2
+# threads, so every step of the default 2048-token budget stays here.
+F32_MAX_ROWS = 4096
 F32 = 0
 _DTYPES = (torch.float32, torch.bfloat16)
 
@@ -41,6 +42,22 @@ def quant_matmul(
     blocks: torch.Tensor,  # (out, in / 32 * block_bytes) uint8, one row of blocks per output
     qtype: int,  # Q8_0, Q4_0, Q4_1 or F32 (kernels.torch.quant_matmul)
 ) -> torch.Tensor:  # (T, out) in x's dtype
+    bb = BLOCK_BYTES.get(qtype)
+    if (  # the decode case, ~120 calls a step: checked inline and called with plain ints
+        x.dtype is torch.float32 and x.dim() == 2 and x.stride(1) == 1 and bb is not None
+        and blocks.dtype is torch.uint8 and blocks.dim() == 2 and blocks.stride(1) == 1
+        and x.shape[1] * bb == blocks.shape[1] * BLOCK and blocks.device.type == "cpu"
+    ):  # fmt: skip
+        T, k = x.shape
+        N = blocks.shape[0]
+        out = torch.empty(T, N, dtype=torch.float32)
+        status = bind("quant_matmul", "quant_matmul_f32", "pipipiiiiiiii")(
+            x.data_ptr(), x.stride(0), blocks.data_ptr(), blocks.stride(0), out.data_ptr(), N, T, N, k, qtype, -1,
+            GEMV_MAX_ROWS, torch.get_num_threads(),
+        )  # fmt: skip
+        if status != 0:
+            raise ValueError(f"quant_matmul.c refused (status {status}): x {tuple(x.shape)}, type {qtype}")
+        return out
     return run(x, blocks, qtype)
 
 

@@ -130,10 +130,21 @@ def test_decode_triton_matches_twin(case, dtype):
     torch.testing.assert_close(out, paged_attention_decode(*args), **TOL[dtype])
 
 
+# head dims 64 and 128 take the vector path (pages of more than its 64-key chunks included), others the general one
+CPU_DECODE_CASES = [
+    *DECODE_CASES,
+    (16, 3, 3, 64, [300, 1, 33, 129, 64]),
+    (16, 1, 4, 64, [40, 7]),  # a pass of 3 query heads, then one alone
+    (16, 2, 1, 64, [17]),
+    (128, 2, 4, 128, [1, 200, 64, 65, 129]),
+    (8, 1, 3, 128, [9]),
+]
+
+
 @needs_cc
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", [*DECODE_CASES, (16, 3, 3, 64, [300, 1, 33, 129, 64])], ids=str)
+@pytest.mark.parametrize("case", CPU_DECODE_CASES, ids=str)
 def test_decode_cpu_matches_twin(case, dtype, threads):
     args = _decode_inputs(case, dtype)
     saved = torch.get_num_threads()

@@ -14,13 +14,14 @@ from kernels.torch.quant_matmul import BF16, BLOCK_BYTES, F32, Q4_0, Q4_1, Q8_0,
 needs_cc = pytest.mark.skipif(not cpu_quant.available(torch.zeros(1)), reason="no C compiler: the CPU kernel is off")
 
 TYPES = [Q8_0, Q4_0, Q4_1]
-ROWS = [1, 3, 16, 64]
+ROWS = [1, 3, 16, 40, 64, 300]  # 40: a partial group of x rows; 300: two chunks of the packed path
 # (out, in): under, at and past the kernel's 8-row tile and 512-input chunk, odd row counts
 SHAPES = [(1, 32), (37, 96), (8, 512), (130, 576), (19, 1056)]
 
 
 def isas() -> list[int]:
-    return list(range(cpu_quant.best_isa() + 1)) if cpu_quant.available(torch.zeros(1)) else []
+    """Each path by name, then -1: the best, which also takes the packed outer-product path for many rows."""
+    return [*range(cpu_quant.best_isa() + 1), -1] if cpu_quant.available(torch.zeros(1)) else []
 
 
 def random_blocks(qtype: int, rows: int, k: int, seed: int = 0) -> torch.Tensor:
