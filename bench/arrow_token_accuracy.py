@@ -1,8 +1,10 @@
 """Task accuracy of per-token Arrow vs request-level Arrow vs the oracle (the right adapter named), on
 single-task held-out prompts and on composite prompts that need two adapters in sequence, one table.
 
-Per-token options (top_k, temperature) are chosen on the demo set and reported on the validation set
-(bench/validation, adapters never used to choose anything). Every adapter is a candidate (both sets
+Per-token options (top_k, temperature, mixed) are chosen on the demo set and reported on the validation
+set (bench/validation, adapters never used to choose anything); PEFT's rule with the options it was chosen
+with before (mixed=peft, top_k=2, T=1) is reported beside it. `mixed=base` takes each candidate's level
+from the `arrow:mode=token` router's calibration (router/arrow_token.py). Every adapter is a candidate (both sets
 have at most 8), so per-token mode runs no routing pass. Greedy, fp32; outputs are scored as
 bench/router_eval.py does (first line, exact match).
 
@@ -23,18 +25,20 @@ from server.engine.sequence import TokenRouting
 
 ROOT = Path(__file__).resolve().parents[1]
 SETS = {"demo": ROOT / "server" / "adapters" / "demo", "validation": ROOT / "bench" / "validation"}
-GRID = [(1, 1.0), (2, 1.0), (2, 10.0)]  # (top_k, temperature) tried on the demo set
+# (top_k, temperature, mixed) tried on the demo set; mixed=base scores |cos| / level, so its temperatures are smaller
+GRID = [(1, 1.0, "peft"), (2, 1.0, "peft"), (2, 10.0, "peft"), (1, 1.0, "base"), (2, 0.25, "base"), (2, 1.0, "base")]
+PEFT = (2, 1.0, "peft")
 
 
 def generate(engine, jobs: list[tuple[str, object, int]]) -> list[str]:
     """jobs: (prompt, choice, max_tokens); choice: adapter name, None (base), a mixture tuple or
-    ("token", top_k, temperature, candidates). First output line of each, greedy."""
+    ("token", top_k, temperature, candidates, levels). First output line of each, greedy."""
     for i, (prompt, choice, n) in enumerate(jobs):
         ids = engine.tokenizer(prompt)["input_ids"]
         params = SamplingParams(max_tokens=n, temperature=0)
         if isinstance(choice, tuple) and choice and choice[0] == "token":
-            _, k, t, cands = choice
-            req = EngineRequest(f"q{i}", ids, params, mixture=cands, routing=TokenRouting(k, t))
+            _, k, t, cands, levels = choice
+            req = EngineRequest(f"q{i}", ids, params, mixture=cands, routing=TokenRouting(k, t, levels))
         elif isinstance(choice, tuple):
             req = EngineRequest(f"q{i}", ids, params, mixture=choice)
         else:
@@ -47,13 +51,15 @@ def generate(engine, jobs: list[tuple[str, object, int]]) -> list[str]:
     return [text.get(f"q{i}", "").split("\n")[0].strip() for i in range(len(jobs))]
 
 
-def evaluate(folder: Path, grid: list[tuple[int, float]]) -> dict:
+def evaluate(folder: Path, grid: list[tuple[int, float, str]]) -> dict:
     engine = LLMEngine.from_config(EngineConfig(max_model_len=512, max_num_seqs=64, dtype="float32"))
     engine.registry.register_dir(folder / "adapters")
-    routers = Routers(AsyncEngine(engine), {"arrow": "arrow"})
+    routers = Routers(AsyncEngine(engine), {"arrow": "arrow", "token": "arrow:mode=token"})
     max_tokens = {ref.name: json.loads((ref.path / "loraplex.json").read_text())["max_tokens"]
                   for ref in engine.registry}
-    cands = tuple((n, 1.0) for n in sorted(max_tokens))
+    d = routers.route("token", "x")  # every adapter fits in the candidate set: no pass; levels in routing[2]
+    cands = tuple((n, 1.0) for n, _ in d.adapters)
+    levels = {"peft": None, "base": d.routing[2]}
     rows = [json.loads(line) for line in (folder / "eval.jsonl").read_text().splitlines()]
     comp_file = folder / "composite.jsonl"
     chains = [json.loads(x) for x in comp_file.read_text().splitlines() if x] if comp_file.is_file() else []
@@ -63,8 +69,9 @@ def evaluate(folder: Path, grid: list[tuple[int, float]]) -> dict:
         return tuple(d.adapters) if len(d.adapters) > 1 else d.adapter
 
     picks = {"oracle": lambda p, t: t, "base": lambda p, t: None, "arrow (request)": lambda p, t: request_arrow(p)}
-    for k, temp in grid:
-        picks[f"arrow per token (top_k={k}, T={temp:g})"] = lambda p, t, k=k, temp=temp: ("token", k, temp, cands)
+    for k, temp, mixed in grid:
+        picks[f"arrow per token (top_k={k}, T={temp:g}, mixed={mixed})"] = (
+            lambda p, t, k=k, temp=temp, lv=levels[mixed]: ("token", k, temp, cands, lv))
     single, comp = {}, {}
     for label, pick in picks.items():
         outs = generate(engine, [(r["prompt"], pick(r["prompt"], r["task"]), max_tokens[r["task"]]) for r in rows])
@@ -87,15 +94,16 @@ def main() -> None:
     demo = evaluate(SETS["demo"], GRID)
     token = {lbl: acc for lbl, acc in demo["task_accuracy_single"].items() if "per token" in lbl}
     best = max(token, key=token.get)
-    k, temp = GRID[list(token).index(best)]
+    k, temp, mixed = GRID[list(token).index(best)]
     rep = {
         "command": "OMP_NUM_THREADS=1 .venv/bin/python -m bench.arrow_token_accuracy "
                    "--out bench/results/router/arrow_token_accuracy.json",
         "note": "fp32 greedy; per-token options chosen on the demo set (best single-task accuracy), "
-                "reported on the validation set; measured under load (accuracy does not depend on it)",
-        "chosen_on_demo": {"top_k": k, "temperature": temp},
+                "reported on the validation set beside PEFT's rule as chosen before; measured under load "
+                "(accuracy does not depend on it)",
+        "chosen_on_demo": {"top_k": k, "temperature": temp, "mixed": mixed},
         "demo": demo,
-        "validation": evaluate(SETS["validation"], [(k, temp)]),
+        "validation": evaluate(SETS["validation"], list(dict.fromkeys([(k, temp, mixed), PEFT]))),
     }
     emit(rep, args.out)
 

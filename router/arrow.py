@@ -63,6 +63,9 @@ class ArrowOptions:
     mode: str = "request"
     candidates: int = 8
     rank: str = "pass"  # mode=token with more adapters than candidates: rank them by a routing "pass" or "proxy"
+    # mode=token, at a projection only some candidates target: "base" (calibrated scores, the base model competes;
+    # kernels/arrow_rows.py) or "peft" (raw |x . v| among those present: a lone candidate gets weight 1)
+    mixed: str = "base"
 
     @classmethod
     def parse(cls, spec: str) -> "ArrowOptions":
@@ -80,9 +83,10 @@ class ArrowOptions:
                 or not 0 < opts.alpha < 1):
             raise ValueError(f"arrow options out of range: {opts}")
         # candidates <= 8: a request's adapters are at most the engine's MAX_MIXTURE
-        if opts.mode not in ("request", "token") or not 1 <= opts.candidates <= 8 or opts.rank not in ("pass", "proxy"):
-            raise ValueError(f"arrow options: mode is request or token, candidates 1..8, rank pass or proxy "
-                             f"(got {opts})")
+        if (opts.mode not in ("request", "token") or not 1 <= opts.candidates <= 8 or opts.rank not in ("pass", "proxy")
+                or opts.mixed not in ("base", "peft")):
+            raise ValueError(f"arrow options: mode is request or token, candidates 1..8, rank pass or proxy, "
+                             f"mixed base or peft (got {opts})")
         return opts
 
 

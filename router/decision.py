@@ -9,9 +9,10 @@ class RouteDecision:
     adapters: tuple[tuple[str, float], ...]  # (adapter name, mixture weight); empty = the base model
     scores: dict[str, float] = field(default_factory=dict)  # top candidates and their scores
     fell_back: bool = False  # True when no candidate reached the router's confidence threshold
-    # (top_k, temperature) when `adapters` are candidates every token routes among (Arrow per token), their
-    # weights unused; None: `adapters` are applied with their weights
-    routing: tuple[int, float] | None = None
+    # (top_k, temperature[, levels]) when `adapters` are candidates every token routes among (Arrow per token),
+    # their weights unused; levels: each candidate's mean |cos| on generic text (mixed=base; engine TokenRouting);
+    # None: `adapters` are applied with their weights
+    routing: tuple | None = None
 
     @property
     def adapter(self) -> str | None:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 KINDS = ("embedding[:k=K,fallback=generic|threshold|off,alpha=A,threshold=S]", "rules:PATH",
          "arrow[:top_k=K,temperature=T,fallback=generic|threshold|off,alpha=A,threshold=S,mode=request|token,"
-         "candidates=M,rank=pass|proxy]")
+         "candidates=M,rank=pass|proxy,mixed=base|peft]")
 
 
 def build_router(name: str, kind: str, token_embeddings: Callable[[], "torch.Tensor"],

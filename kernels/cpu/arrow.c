@@ -2,6 +2,8 @@
    |x . v_c| over its candidates (v_c read in place from the pool; c competes only where its prototype
    offset is >= 0), top_k of them, softmax(top / temperature); writes each (row, candidate) entry's
    weight, 0 for the unchosen; arrow_apply then adds the chosen candidates' deltas too, in the same call.
+   Rows with levels (> 0), at a projection some but not all of their candidates target: scores are
+   |cos(x, v_c)| / level_c and the base model competes at 1 with a zero delta (kernels/arrow_rows.py).
    The torch twin takes ~15 small torch calls per projection for what is a few thousand multiply-adds
    per row, and computes every candidate's delta. */
 #include <math.h>
@@ -13,48 +15,66 @@
 #define MAX_FEATURES 65536 /* x row and output accumulator on the stack: 256 KiB each */
 #define MAX_RANK 256
 
-/* w[c] for one routed row: |x . v_c| over its candidates, top_k, softmax(top * inv_temp); 0 = not chosen. */
+/* w[c] for one routed row: |x . v_c| over its candidates, top_k, softmax(top * inv_temp); 0 = not chosen.
+   With levels where the candidates' targets differ here: |cos| / level, and the base (index C) at 1. */
 #define ROW_WEIGHTS(NAME, T, LOAD)                                                                   \
     static void NAME(const T *xr, const T *pool, int64_t d_in, const int64_t *proto_off,            \
-                     const int64_t *slots, int64_t C, int64_t top_k, float inv_temp, float *w) {    \
-        float s[MAX_CANDIDATES];                                                                    \
-        int chosen[MAX_CANDIDATES];                                                                 \
+                     const int64_t *slots, const float *levels, int64_t C, int64_t top_k,           \
+                     float inv_temp, float *w) {                                                    \
+        float s[MAX_CANDIDATES + 1];                                                                \
+        int chosen[MAX_CANDIDATES + 1];                                                             \
+        int present = 0, real = 0;                                                                  \
         for (int64_t c = 0; c < C; c++) {                                                           \
             const int64_t off = slots[c] >= 0 ? proto_off[slots[c]] : -1;                           \
             chosen[c] = 0;                                                                          \
             s[c] = -INFINITY;                                                                       \
+            real += slots[c] >= 0;                                                                  \
             if (off < 0) continue;                                                                  \
+            present++;                                                                              \
             const T *v = pool + off;                                                                \
             float acc = 0.f;                                                                        \
             for (int64_t k = 0; k < d_in; k++) acc += LOAD(xr[k]) * LOAD(v[k]);                     \
             s[c] = fabsf(acc);                                                                      \
         }                                                                                           \
+        int64_t n = C;                                                                              \
+        if (levels != 0 && levels[0] > 0.f && present > 0 && present < real) {                      \
+            float xx = 0.f;                                                                         \
+            for (int64_t k = 0; k < d_in; k++) xx += LOAD(xr[k]) * LOAD(xr[k]);                     \
+            const float inv_norm = xx > 0.f ? 1.f / sqrtf(xx) : 0.f;                                \
+            for (int64_t c = 0; c < C; c++)                                                         \
+                if (s[c] > -INFINITY) s[c] = s[c] * inv_norm / levels[c];                           \
+            s[C] = 1.f;                                                                             \
+            chosen[C] = 0;                                                                          \
+            n = C + 1;                                                                              \
+        }                                                                                           \
         float top = -INFINITY;                                                                      \
         for (int64_t j = 0; j < top_k; j++) { /* the first of equal scores, as torch.topk */        \
             int64_t best = -1;                                                                      \
-            for (int64_t c = 0; c < C; c++)                                                         \
+            for (int64_t c = 0; c < n; c++)                                                         \
                 if (!chosen[c] && s[c] > -INFINITY && (best < 0 || s[c] > s[best])) best = c;       \
             if (best < 0) break;                                                                    \
             chosen[best] = 1;                                                                       \
             if (j == 0) top = s[best];                                                              \
         }                                                                                           \
-        float sum = 0.f;                                                                            \
-        for (int64_t c = 0; c < C; c++) {                                                           \
-            w[c] = chosen[c] ? expf((s[c] - top) * inv_temp) : 0.f;                                 \
-            sum += w[c];                                                                            \
+        float sum = 0.f, e[MAX_CANDIDATES + 1];                                                     \
+        for (int64_t c = 0; c < n; c++) {                                                           \
+            e[c] = chosen[c] ? expf((s[c] - top) * inv_temp) : 0.f;                                 \
+            sum += e[c];                                                                            \
         }                                                                                           \
-        for (int64_t c = 0; c < C; c++) w[c] = sum > 0.f ? w[c] / sum : 0.f;                        \
+        for (int64_t c = 0; c < C; c++) w[c] = sum > 0.f ? e[c] / sum : 0.f; /* the base's share: no delta */ \
     }
 
 /* The weights of every (row, candidate) entry: w_out[cand_entries[r, c]]. */
 #define ARROW_WEIGHTS(NAME, ROW, T)                                                                  \
     int NAME(const T *x, int64_t ldx, const T *pool, int64_t d_in, const int64_t *proto_off,        \
              int64_t R, int64_t C, const int64_t *rows, const int64_t *cand_slots,                  \
-             const int64_t *cand_entries, const int64_t *top_k, const float *inv_temp, float *w_out) { \
+             const int64_t *cand_entries, const float *levels, const int64_t *top_k, const float *inv_temp, \
+             float *w_out) {                                                                        \
         if (C > MAX_CANDIDATES) return -1;                                                          \
         for (int64_t r = 0; r < R; r++) {                                                           \
             float w[MAX_CANDIDATES];                                                                \
-            ROW(x + rows[r] * ldx, pool, d_in, proto_off, cand_slots + r * C, C, top_k[r], inv_temp[r], w); \
+            ROW(x + rows[r] * ldx, pool, d_in, proto_off, cand_slots + r * C, levels ? levels + r * C : 0, C, \
+                top_k[r], inv_temp[r], w);                                                          \
             for (int64_t c = 0; c < C; c++)                                                         \
                 if (cand_entries[r * C + c] >= 0) w_out[cand_entries[r * C + c]] = w[c];            \
         }                                                                                           \
@@ -67,15 +87,15 @@
     int NAME(const T *x, int64_t ldx, T *out, int64_t ldo, const T *pool, int64_t d_in,             \
              int64_t d_out, const int64_t *proto_off, const int64_t *a_off, const int64_t *b_off,   \
              const int32_t *ranks, const float *scalings, int64_t R, int64_t C,                     \
-             const int64_t *rows, const int64_t *cand_slots, const int64_t *top_k,                  \
-             const float *inv_temp, int64_t num_threads) {                                          \
+             const int64_t *rows, const int64_t *cand_slots, const float *levels,                   \
+             const int64_t *top_k, const float *inv_temp, int64_t num_threads) {                    \
         if (C > MAX_CANDIDATES || d_in > MAX_FEATURES || d_out > MAX_FEATURES) return -1;            \
         _Pragma("omp parallel for schedule(dynamic, 4) num_threads(num_threads) if (R > 8)")        \
         for (int64_t r = 0; r < R; r++) {                                                           \
             const T *xr = x + rows[r] * ldx;                                                        \
             const int64_t *slots = cand_slots + r * C;                                              \
             float w[MAX_CANDIDATES], xf[d_in], acc[d_out], y[MAX_RANK];                             \
-            ROW(xr, pool, d_in, proto_off, slots, C, top_k[r], inv_temp[r], w);                     \
+            ROW(xr, pool, d_in, proto_off, slots, levels ? levels + r * C : 0, C, top_k[r], inv_temp[r], w); \
             for (int64_t k = 0; k < d_in; k++) xf[k] = LOAD(xr[k]);                                 \
             for (int64_t o = 0; o < d_out; o++) acc[o] = 0.f;                                       \
             for (int64_t c = 0; c < C; c++) {                                                       \

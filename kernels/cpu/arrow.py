@@ -33,7 +33,7 @@ def entry_weights(
     status = getattr(load("arrow"), _FUNCS[x.dtype])(
         ptr(x), ctypes.c_int64(x.stride(0)), ptr(pool), ctypes.c_int64(x.shape[1]), ptr(proto_offsets),
         ctypes.c_int64(R), ctypes.c_int64(C), ptr(arrow.rows), ptr(arrow.cand_slots), ptr(arrow.cand_entries),
-        ptr(arrow.top_k), ptr(arrow.inv_temperature), ptr(w),
+        ptr(arrow.levels), ptr(arrow.top_k), ptr(arrow.inv_temperature), ptr(w),
     )
     if status != 0:
         raise ValueError(f"arrow.c refused the call (status {status})")
@@ -64,7 +64,8 @@ def arrow_apply(
         ptr(x), ctypes.c_int64(x.stride(0)), ptr(out), ctypes.c_int64(out.stride(0)), ptr(pool),
         ctypes.c_int64(x.shape[1]), ctypes.c_int64(out.shape[1]), *(ptr(t) for t in offs),
         ptr(info.ranks), ptr(info.scalings), ctypes.c_int64(R), ctypes.c_int64(C), ptr(arrow.rows),
-        ptr(arrow.cand_slots), ptr(arrow.top_k), ptr(arrow.inv_temperature), ctypes.c_int64(torch.get_num_threads()),
+        ptr(arrow.cand_slots), ptr(arrow.levels), ptr(arrow.top_k), ptr(arrow.inv_temperature),
+        ctypes.c_int64(torch.get_num_threads()),
     )
     if status != 0:
         raise ValueError(f"arrow.c refused the shapes (status {status}, in={x.shape[1]}, out={out.shape[1]})")

@@ -2,7 +2,9 @@
 
 PEFT's ArrowLoraLinearLayer semantics per routed row: scores |x . v_c| over the row's candidates that
 target the projection, top_k of them, softmax(top / temperature) over those, the rest weigh 0; the
-delta is sum_c w_c * scale_c * B_c A_c x.
+delta is sum_c w_c * scale_c * B_c A_c x. Rows with levels, where some of their candidates do not target
+the projection: scores |cos(x, v_c)| / level_c, and the base competes at 1 with a zero delta
+(kernels/arrow_rows.py).
 """
 
 import torch
@@ -28,12 +30,17 @@ def arrow_weights(
     scores = (xs @ protos.T).abs().gather(1, slots)  # (R, C)
     valid = (arrow.cand_slots >= 0) & (proto_offsets[slots] >= 0)  # (R, C)
     scores = scores.masked_fill(~valid, float("-inf"))
-    k = min(arrow.max_top_k, C)
-    top, at = scores.topk(k, dim=1)  # (R, k)
+    real = arrow.cand_slots >= 0
+    calibrated = (arrow.levels[:, 0] > 0) & valid.any(1) & (valid != real).any(1)  # (R,)
+    cal = scores / (xs.norm(dim=1, keepdim=True) * arrow.levels).clamp(min=1e-30)  # (R, C) |cos| / level
+    base = torch.where(calibrated, 1.0, float("-inf"))[:, None]  # (R, 1) the base competes only there
+    scores = torch.cat([torch.where(calibrated[:, None], cal, scores), base], 1)  # (R, C + 1)
+    k = min(arrow.max_top_k, C + 1)
+    top, at = scores.topk(k, dim=1)  # (R, k); ties: the first, as the C kernel
     top = top.masked_fill(torch.arange(k, device=x.device) >= arrow.top_k[:, None], float("-inf"))
     w = (top * arrow.inv_temperature[:, None]).softmax(dim=1)  # (R, k); NaN rows: no candidate targets it
     w = torch.where(torch.isfinite(top), w, 0.0)
-    return torch.zeros(R, C, device=x.device).scatter_(1, at, w)
+    return torch.zeros(R, C + 1, device=x.device).scatter_(1, at, w)[:, :C]  # the base's share: no delta
 
 
 def entry_weights(weights: torch.Tensor, arrow: ArrowRows) -> torch.Tensor:

@@ -57,6 +57,8 @@ def check_routing(routing: TokenRouting, has_candidates: bool) -> None:
         raise ValueError("per-token routing needs its candidate adapters as a mixture (and no single adapter)")
     if routing.top_k < 1 or not (math.isfinite(routing.temperature) and routing.temperature > 0):
         raise ValueError(f"per-token routing needs top_k >= 1 and a temperature > 0, not {routing}")
+    if routing.levels is not None and not all(math.isfinite(v) and v > 0 for v in routing.levels):
+        raise ValueError(f"per-token routing levels must be finite and > 0, not {routing.levels}")
 
 
 def _eos_ids(ckpt: Checkpoint) -> set[int]:
@@ -139,6 +141,9 @@ class LLMEngine:
             raise ValueError(f"the prompt has {n} tokens; this model's context is {self.max_model_len}")
         if req.routing is not None:
             check_routing(req.routing, bool(req.mixture) and req.adapter is None)
+            if req.routing.levels is not None and len(req.routing.levels) != len(req.mixture):
+                raise ValueError(f"per-token routing has {len(req.routing.levels)} levels for "
+                                 f"{len(req.mixture)} candidates")
         if req.mixture and req.adapter is not None:
             raise ValueError("a request names either one adapter or a mixture, not both")
         if len(req.mixture) > MAX_MIXTURE:
@@ -173,7 +178,7 @@ class LLMEngine:
             refs.append((ref, float(weight)))
         identity = lora_identity(refs)
         if req.routing is not None:  # the same candidates mixed per token make other KV than as a fixed mixture
-            identity = ("arrow-token", req.routing.top_k, req.routing.temperature, identity)
+            identity = ("arrow-token", req.routing.top_k, req.routing.temperature, req.routing.levels, identity)
         seqs = []
         for i in range(req.params.n):
             seq = Sequence(next(self._seq_ids), req.request_id, i, list(req.prompt_ids), req.params, now, tuple(lora),

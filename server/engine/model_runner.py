@@ -129,7 +129,8 @@ class ModelRunner:
         if routed:
             cands, rows, routings = zip(*routed, strict=True)
             step.arrow = ArrowRows.build(list(cands), list(rows), [r.top_k for r in routings],
-                                         [r.temperature for r in routings], ranks, scalings, self.device)
+                                         [r.temperature for r in routings], ranks, scalings, self.device,
+                                         [r.levels for r in routings])
             step.proto_offsets = self._offsets_of(slot_of, "proto", a)
         return step
 

@@ -16,6 +16,9 @@ class TokenRouting:
 
     top_k: int
     temperature: float  # of the softmax over the chosen candidates' scores
+    # each candidate's mean |cos| on generic text, in the sequence's adapter order: where only some candidates
+    # target a projection they compete on |cos| / level against the base at 1 (kernels/arrow_rows.py); None: PEFT
+    levels: tuple[float, ...] | None = None
 
 
 class SeqStatus(Enum):

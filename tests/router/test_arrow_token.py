@@ -38,7 +38,7 @@ def router(proxy):
 def test_candidates_are_the_top_m_by_proxy_score_and_carry_the_routing(router):
     d = router.choose(RouteQuery("", (21, 21, 21, 5)))
     assert [a for a, _ in d.adapters][0] == "b" and len(d.adapters) == 2
-    assert d.routing == (2, 0.5) and not d.fell_back and router.uncalibrated() == []
+    assert d.routing == (2, 0.5) and not d.fell_back  # no levels before calibration: PEFT's rule
     assert router.feature_keys() == set()  # the API runs no routing pass for it
     assert [a for a, _ in router.ranked((22,))][:1] == ["c"] and router.ranked((22,))[-1][0] == "mlp_out"
 
@@ -80,7 +80,31 @@ def test_pass_ranking_runs_no_pass_while_every_adapter_is_a_candidate(proxy):
     assert r.feature_keys() == set(keys)  # 3 adapters > 2 candidates: the API runs a routing pass
     along_c = {k: r._protos["c"][keys[2]] + 0.01 * torch.randn(5, D, generator=g) for k in keys}
     d = r.choose(RouteQuery("", (1, 2, 3, 4, 5), along_c))
-    assert d.adapters[0][0] == "c" and len(d.adapters) == 2 and d.routing == (1, 0.1)
+    assert d.adapters[0][0] == "c" and len(d.adapters) == 2 and d.routing[:2] == (1, 0.1)
+    assert d.routing[2] == tuple(r._baseline[a] for a, _ in d.adapters)  # levels: request-level calibration
     r.remove("a")
     assert r.feature_keys() == set()  # 2 adapters, 2 candidates: every adapter, no pass
     assert sorted(a for a, _ in r.choose(RouteQuery("", (1, 2))).adapters) == ["b", "c"]
+
+
+def test_levels_are_each_adapters_mean_abs_cos_on_generic_text_over_all_its_projections(router, proxy):
+    """mixed=base: one calibration pass per adapter at registration, over every projection it targets (the
+    proxy ranking reads only some), then every decision carries its candidates' levels; mixed=peft: none."""
+    assert router.uncalibrated() == ["a", "b", "c", "mlp_out"]
+    keys = router.feature_keys(["mlp_out", "a"])
+    assert keys == {(0, "down_proj"), (0, PROXY_MODULES[0])}
+    g = torch.Generator().manual_seed(3)
+    keys = router.feature_keys(router.uncalibrated())
+    neutral = [{k: torch.randn(4, D, generator=g) for k in keys} for _ in range(3)]
+    router.calibrate(neutral)
+    assert router.uncalibrated() == []
+    v = router._full["mlp_out"][0, "down_proj"]
+    want = sum(float((torch.nn.functional.normalize(f[0, "down_proj"], dim=-1) @ v).abs().mean()) for f in neutral) / 3
+    assert abs(router._levels["mlp_out"] - want) < 1e-6
+    d = router.choose(RouteQuery("", (21, 21, 5)))
+    assert d.routing[:2] == (2, 0.5) and d.routing[2] == tuple(router._levels[a] for a, _ in d.adapters)
+    peft = TokenArrowRouter("p", ArrowOptions(mode="token", rank="proxy", mixed="peft"), proxy)
+    peft.add("a", {(0, "q_proj"): torch.ones(D) / D**0.5})
+    assert peft.uncalibrated() == [] and peft.choose(RouteQuery("", (21,))).routing == (1, 0.1)
+    with pytest.raises(ValueError, match="mixed"):
+        ArrowOptions.parse("mode=token,mixed=layer")
