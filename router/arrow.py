@@ -6,6 +6,16 @@ changes most. A prompt whose projection inputs x line up with v is one the adapt
 An adapter's raw score is |cos(x, v)| (no sign: singular vectors have none) averaged over the prompt's
 tokens and the (layer, module) pairs it targets.
 
+Centred ranking (centre=generic, the default): which adapter is decided on x minus its mean over the
+generic prompts' tokens at that projection. Every input shares that direction and every prototype partly
+aligns with it, so it adds to all scores alike and carries no task signal (PEFT's GenKnowSub removes a
+general-knowledge direction too, on the weight side, from a general-knowledge LoRA that does not exist
+here). Chosen on the demo set by routing margin against three other variants (bench/arrow_variants.py:
+median right-over-best-wrong score 1.65 against 1.29 uncentred); `centre=off` is the paper's raw cosine.
+Whether any adapter applies (the fallback below) stays a test on the uncentred score: centred on the
+mean of the 8 generic prompts, their own spread understates that of new text (on the demo set 5 of 16
+off-task prompts then pass the bar, against none uncentred).
+
 Raw scores are not comparable across adapters: how well generic text lines up with v differs by
 adapter, module and rank (on the demo adapters raw scores route 50% of held-out prompts right; Arrow's
 per-token softmax over the adapters sharing a module does no better when adapters target different
@@ -62,6 +72,7 @@ class ArrowOptions:
     # top_k of `candidates` adapters, chosen without a pass (router/arrow_token.py)
     mode: str = "request"
     candidates: int = 8
+    centre: str = "generic"  # "generic": inputs minus their mean on the generic prompts (see above); "off"
     rank: str = "pass"  # mode=token with more adapters than candidates: rank them by a routing "pass" or "proxy"
     # mode=token, at a projection only some candidates target: "base" (calibrated scores, the base model competes;
     # kernels/arrow_rows.py) or "peft" (raw |x . v| among those present: a lone candidate gets weight 1)
@@ -84,9 +95,9 @@ class ArrowOptions:
             raise ValueError(f"arrow options out of range: {opts}")
         # candidates <= 8: a request's adapters are at most the engine's MAX_MIXTURE
         if (opts.mode not in ("request", "token") or not 1 <= opts.candidates <= 8 or opts.rank not in ("pass", "proxy")
-                or opts.mixed not in ("base", "peft")):
+                or opts.mixed not in ("base", "peft") or opts.centre not in ("generic", "off")):
             raise ValueError(f"arrow options: mode is request or token, candidates 1..8, rank pass or proxy, "
-                             f"mixed base or peft (got {opts})")
+                             f"mixed base or peft, centre generic or off (got {opts})")
         return opts
 
 
@@ -102,6 +113,8 @@ class ArrowRouter(TaskRouter):
         self._baseline: dict[str, float] = {}  # adapter -> mean raw score on NEUTRAL_PROMPTS; routed once set
         self._spread: dict[str, float] = {}  # adapter -> std of its scores on NEUTRAL_PROMPTS (1 = their mean)
         self._solo: set[str] = set()  # adapters served only alone (AdapterInfo.mixable False: DoRA)
+        self._centre: dict[Key, torch.Tensor] = {}  # key -> (in,) mean input on the generic prompts (centre=generic)
+        self._rank_base: dict[str, float] = {}  # adapter -> mean centred raw score on NEUTRAL_PROMPTS
 
     def add(self, adapter: str, prototypes: dict[Key, torch.Tensor]) -> None:
         """Routable once calibrate() has seen it."""
@@ -113,6 +126,7 @@ class ArrowRouter(TaskRouter):
         self._protos.pop(adapter, None)
         self._baseline.pop(adapter, None)
         self._spread.pop(adapter, None)
+        self._rank_base.pop(adapter, None)
         self._solo.discard(adapter)
 
     @property
@@ -140,16 +154,37 @@ class ArrowRouter(TaskRouter):
     def calibrate(self, neutral: list[Features]) -> None:
         """neutral: features of NEUTRAL_PROMPTS covering keys(uncalibrated())."""
         todo = self.uncalibrated()
-        raws = [self._raw(f, todo) for f in neutral]
+        loo: list[dict[Key, torch.Tensor] | None] = [None] * len(neutral)
+        if self.options.centre == "generic":
+            # each generic prompt is scored against the mean of the others: centred on its own tokens it would
+            # score lower than any new text, and every new prompt would look significant
+            loo = [{} for _ in neutral]
+            for k in {k for a in todo for k in self._protos.get(a, {})}:
+                if not all(k in f for f in neutral):
+                    continue
+                sums = [f[k].float().sum(0) for f in neutral]  # (in,) each
+                counts = [f[k].shape[0] for f in neutral]
+                total, n = torch.stack(sums).sum(0), sum(counts)
+                self._centre[k] = total / n  # (in,)
+                for i, (s, c) in enumerate(zip(sums, counts, strict=True)):
+                    loo[i][k] = (total - s) / max(n - c, 1)
+        raws = [self._raw(f, todo, {}) for f in neutral]
+        ranks = [self._raw(f, todo, c) for f, c in zip(neutral, loo, strict=True)] if self._centre else raws
         for a in todo:
             if vals := [r[a] for r in raws if a in r]:
-                self._baseline[a] = max(sum(vals) / len(vals), 1e-12)  # scores divide by it
+                self._baseline[a] = max(sum(vals) / len(vals), 1e-12)  # evidence divides by it
                 self._spread[a] = max(statistics.stdev(vals) / self._baseline[a] if len(vals) > 1 else 0.0, 1e-6)
+            if vals := [r[a] for r in ranks if a in r]:
+                self._rank_base[a] = max(sum(vals) / len(vals), 1e-12)  # scores divide by it
 
-    def _raw(self, features: Features, adapters: list[str]) -> dict[str, float]:
-        """Mean |cos(x, v)| over tokens and the adapter's (layer, module) pairs; adapters whose inputs the
-        features lack (added after the routing pass began) are left out."""
-        unit = {k: torch.nn.functional.normalize(x.float(), dim=-1) for k, x in features.items()}  # (T, in) each
+    def _raw(self, features: Features, adapters: list[str], centre: dict[Key, torch.Tensor] | None = None,
+             ) -> dict[str, float]:
+        """Mean |cos(x - centre, v)| over tokens and the adapter's (layer, module) pairs (centre: the generic
+        mean, none where unknown); adapters whose inputs the features lack (added after the routing pass
+        began) are left out."""
+        centre = self._centre if centre is None else centre
+        unit = {k: torch.nn.functional.normalize(x.float() - centre[k] if k in centre else x.float(), dim=-1)
+                for k, x in features.items()}  # (T, in) each
         out = {}
         for a in adapters:
             protos = self._protos.get(a)
@@ -159,16 +194,22 @@ class ArrowRouter(TaskRouter):
         return out
 
     def scores(self, features: Features) -> dict[str, float]:
-        """Each calibrated adapter's raw score over its raw score on generic text (1 = no more than any text)."""
+        """Each calibrated adapter's raw score over its raw score on generic text (1 = no more than any text),
+        centred where the router centres (the ranking)."""
         raw = self._raw(features, list(self._baseline))
+        return {a: r / self._rank_base.get(a, self._baseline[a]) for a, r in raw.items()}
+
+    def evidence(self, features: Features) -> dict[str, float]:
+        """The same, uncentred: what the fallback test reads (`confident`)."""
+        raw = self._raw(features, list(self._baseline), {})
         return {a: r / self._baseline[a] for a, r in raw.items()}
 
     def z(self, adapter: str, score: float) -> float:
-        """A score in standard deviations of the adapter's own scores on generic text above their mean."""
+        """An evidence score in standard deviations of the adapter's own scores on generic text above their mean."""
         return (score - 1.0) / self._spread[adapter]
 
     def confident(self, adapter: str, score: float) -> bool:
-        """Whether a score is evidence for the adapter under the fallback rule.
+        """Whether an evidence score (uncentred, `evidence`) is evidence for the adapter under the fallback rule.
 
         generic: one-sided test against the adapter's own generic-text scores at level alpha, Bonferroni
         over the n adapters competing (the top of n is taken): z >= the normal quantile 1 - alpha / n.
@@ -182,14 +223,15 @@ class ArrowRouter(TaskRouter):
 
     def route(self, features: Features) -> RouteDecision:
         scores = self.scores(features) if features else {}
+        evidence = self.evidence(features) if features else {}
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         shown = {a: round(s, 4) for a, s in ranked[:5]}
-        if not ranked or not self.confident(*ranked[0]):
+        if not ranked or not self.confident(ranked[0][0], evidence[ranked[0][0]]):
             return RouteDecision(self.name, ((self.default, 1.0),) if self.default else (), shown, fell_back=True)
         if self.options.top_k > 1 and ranked[0][0] in self._solo:
             return RouteDecision(self.name, ((ranked[0][0], 1.0),), shown)
         # mixing: adapters that only serve alone are left out, the next mixable ones take their places
         mixable = [(a, s) for a, s in ranked if self.options.top_k == 1 or a not in self._solo]
-        top = [(a, s) for a, s in mixable[: self.options.top_k] if self.confident(a, s)]
+        top = [(a, s) for a, s in mixable[: self.options.top_k] if self.confident(a, evidence[a])]
         weights = (torch.tensor([s for _, s in top]) / self.options.temperature).softmax(0).tolist()
         return RouteDecision(self.name, tuple((a, w) for (a, _), w in zip(top, weights, strict=True)), shown)

@@ -1,6 +1,7 @@
 """Arrow never puts a DoRA adapter in a mixture or a per-token candidate set (the engine refuses both with 400):
 top_k > 1 serves a DoRA top adapter alone and skips a lower one; per token, DoRA adapters are no candidates."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -28,7 +29,7 @@ def _unit(i: int) -> torch.Tensor:
 
 def _toy(options: ArrowOptions) -> ArrowRouter:
     """Adapters a, b (DoRA), c on one module, prototypes e0, e1, e2; calibrated on isotropic noise."""
-    r = ArrowRouter("arrow", options)
+    r = ArrowRouter("arrow", dataclasses.replace(options, centre="off"))  # toy inputs: no generic distribution
     for name, i, mixable in [("a", 0, True), ("b", 1, False), ("c", 2, True)]:
         r.adapter_added(AdapterInfo(name, (), {(0, "q_proj"): _unit(i)}, mixable=mixable))
     r.calibrate(_noise())

@@ -69,7 +69,7 @@ def test_kinds_build_it_from_the_spec(proxy):
 
 
 def test_pass_ranking_runs_no_pass_while_every_adapter_is_a_candidate(proxy):
-    r = TokenArrowRouter("tok", ArrowOptions(mode="token", candidates=2), proxy)
+    r = TokenArrowRouter("tok", ArrowOptions(mode="token", candidates=2, centre="off"), proxy)  # toy inputs
     assert r.needs == "features"
     keys = [(0, "q_proj"), (1, "up_proj"), (0, "down_proj")]
     for name, key in zip("abc", keys, strict=True):
@@ -81,7 +81,8 @@ def test_pass_ranking_runs_no_pass_while_every_adapter_is_a_candidate(proxy):
     along_c = {k: r._protos["c"][keys[2]] + 0.01 * torch.randn(5, D, generator=g) for k in keys}
     d = r.choose(RouteQuery("", (1, 2, 3, 4, 5), along_c))
     assert d.adapters[0][0] == "c" and len(d.adapters) == 2 and d.routing[:2] == (1, 0.1)
-    assert d.routing[2] == tuple(r._baseline[a] for a, _ in d.adapters)  # levels: request-level calibration
+    assert d.routing[2] == tuple(r._levels[a] for a, _ in d.adapters)  # uncentred: request-level's baseline
+    assert r._levels == pytest.approx(r._baseline)
     r.remove("a")
     assert r.feature_keys() == set()  # 2 adapters, 2 candidates: every adapter, no pass
     assert sorted(a for a, _ in r.choose(RouteQuery("", (1, 2))).adapters) == ["b", "c"]
