@@ -231,10 +231,11 @@ def summarize(recs: list[Rec], wall: float, prompts: dict[str, list[int]], block
     }
 
 
-def loraplex(port: int, log: Path, caching: bool, threads: int) -> process.ServerProcess:
+def loraplex(port: int, log: Path, caching: bool, threads: int, pool_mb: int = 1024,
+             eviction: str = "lru") -> process.ServerProcess:
     cmd = [str(REPO / ".venv" / "bin" / "loraplex"), "serve", "--port", str(port), "--dtype", "float32",
-           "--pool-mb", "1024", "--num-threads", str(threads), "--adapter-dir", str(adapters_dir(100)),
-           "--log-level", "warning"] + ([] if caching else ["--no-prefix-caching"])
+           "--pool-mb", str(pool_mb), "--num-threads", str(threads), "--adapter-dir", str(adapters_dir(100)),
+           "--eviction", eviction, "--log-level", "warning"] + ([] if caching else ["--no-prefix-caching"])
     return process.start("loraplex", cmd, port, log, cwd=REPO)
 
 
@@ -246,6 +247,21 @@ def vllm(port: int, log: Path) -> process.ServerProcess:
     # ideal is computed with each system's own block size
     return vllm_cpu.start(port, 100, log, "float32",
                           extra=["--enable-prompt-tokens-details", "--block-size", str(VLLM_BLOCK)])
+
+
+POOL_COUNTERS = ("loraplex_adapter_loads_total", "loraplex_adapter_evictions_total", "loraplex_adapter_hits_total")
+
+
+def pool_counters(url: str) -> dict[str, float]:
+    """The server's adapter load / eviction counters and pool pages by use, from /metrics (loraplex only)."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name in POOL_COUNTERS or name.startswith("loraplex_pool_pages{"):
+            out[name] = float(value)
+    return out
 
 
 def run_system(label: str, launch, spec: Spec, logs: Path, block: int = BLOCK) -> dict:
@@ -261,16 +277,28 @@ def run_system(label: str, launch, spec: Spec, logs: Path, block: int = BLOCK) -
                       | {t.adapter for n in spec.ns for c in multi_turn(spec, n) for t in c})
         warm = [Req(f"warm/{a}", a, list(range(3000, 3008)), 1) for a in used]
         assert all(r.error is None for r in asyncio.run(run_shared(server.url, warm, 8))[0])
+        counters = label.startswith("loraplex")
+
+        def pool_delta(before: dict[str, float]) -> dict[str, float]:
+            after = pool_counters(server.url)
+            return {k: v - before.get(k, 0.0) if k in POOL_COUNTERS else v for k, v in after.items()}
+
         for n in spec.ns:
             shared = shared_prompt(spec, n)
+            before = pool_counters(server.url) if counters else {}
             recs, wall = asyncio.run(run_shared(server.url, shared, spec.concurrency))
             runs[f"shared/n{n}"] = {"summary": summarize(recs, wall, {r.key: r.prompt for r in shared}, block),
                                     "records": [asdict(r) for r in recs]}
+            if counters:  # adapter loads / evictions during this workload; pool pages by use at its end
+                runs[f"shared/n{n}"]["pool"] = pool_delta(before)
             convs = multi_turn(spec, n)
+            before = pool_counters(server.url) if counters else {}
             recs, wall = asyncio.run(run_chat(server.url, convs))
             prompts = {r.key: r.prompt for t in convs for r in t}
             runs[f"chat/n{n}"] = {"summary": summarize(recs, wall, prompts, block),
                                   "records": [asdict(r) for r in recs]}
+            if counters:
+                runs[f"chat/n{n}"]["pool"] = pool_delta(before)
             print(f"{label} n={n}: shared {runs[f'shared/n{n}']['summary']}\n  chat {runs[f'chat/n{n}']['summary']}",
                   file=sys.stderr, flush=True)
         return runs
@@ -348,7 +376,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--plot")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="loraplex --num-threads")
+    ap.add_argument("--ns", default="1,10,100", help="adapter counts (comma-separated)")
+    ap.add_argument("--pool-mb", type=int, default=1024, help="loraplex --pool-mb")
+    ap.add_argument("--eviction", default="lru", help="loraplex --eviction; a comma-separated list runs one "
+                    "caching-on server per policy (labels loraplex-cache-on-POLICY), all against one caching-off run")
     ap.add_argument("--quick", action="store_true", help="a smoke run: one adapter count, few requests")
     ap.add_argument("--vllm", action="store_true", help="also vLLM-CPU (bench/peers/install_vllm.sh) with its "
                     "prefix caching on")
@@ -359,32 +391,42 @@ def main() -> None:
     ap.add_argument("--note", default="measured under load: the 2-core machine was shared with five other agents' "
                     "builds and tests", help="how the host was when this ran, kept in the result")
     args = ap.parse_args()
-    spec = Spec(names=adapter_names(100), shared_requests=args.shared_requests, conversations=args.conversations)
+    spec = Spec(names=adapter_names(100), shared_requests=args.shared_requests, conversations=args.conversations,
+                ns=tuple(int(n) for n in args.ns.split(",")))
     if args.quick:
         spec = Spec(names=spec.names, ns=(10,), shared_requests=4, conversations=2, turns=2, system_len=64)
     logs = Path(args.out).parent / "logs"
     if args.add_vllm:
         add_vllm(args, spec, logs)
         return
-    systems = {"loraplex-cache-on": lambda p, log: loraplex(p, log, True, args.threads),
-               "loraplex-cache-off": lambda p, log: loraplex(p, log, False, args.threads)}
+    policies = args.eviction.split(",")
+    on_labels = {p: "loraplex-cache-on" if len(policies) == 1 else f"loraplex-cache-on-{p}" for p in policies}
+    systems = {on_labels[p]: (lambda port, log, p=p: loraplex(port, log, True, args.threads, args.pool_mb, p))
+               for p in policies}
+    systems["loraplex-cache-off"] = lambda port, log: loraplex(port, log, False, args.threads, args.pool_mb)
     result = {"command": " ".join([".venv/bin/python -m bench.prefix", *sys.argv[1:]]),
               "spec": {k: v for k, v in asdict(spec).items() if k != "names"}, "block_size": BLOCK,
-              "note": args.note,
+              "pool_mb": args.pool_mb, "threads": args.threads, "note": args.note,
               "systems": {}}
     for label, launch in systems.items():
         result["systems"][label] = run_system(label, launch, spec, logs)
-    on, off = result["systems"]["loraplex-cache-on"], result["systems"]["loraplex-cache-off"]
-    result["mismatched_texts_on_vs_off"] = validate(on, off)
-    ratios = {}
-    for key in (k for k in on if "/" in k):
-        a, b = on[key]["summary"], off[key]["summary"]
-        ratios[key] = {"ttft_p50_off_over_on": b["ttft_p50_s"] / a["ttft_p50_s"],
-                       "ttft_p99_off_over_on": b["ttft_p99_s"] / a["ttft_p99_s"],
-                       "throughput_on_over_off": a["prompt_tok_per_s"] / b["prompt_tok_per_s"],
-                       "hit_rate": a["hit_rate"], "ideal_in_order": a["ideal_in_order"],
-                       "ideal_at_send": a["ideal_at_send"]}
-    result["ratios"] = ratios
+    off = result["systems"]["loraplex-cache-off"]
+    result["mismatched_texts_on_vs_off"] = sum(validate(result["systems"][lab], off) for lab in on_labels.values())
+    by_system = {}
+    for label in on_labels.values():
+        on, ratios = result["systems"][label], {}
+        for key in (k for k in on if "/" in k):
+            a, b = on[key]["summary"], off[key]["summary"]
+            ratios[key] = {"ttft_p50_off_over_on": b["ttft_p50_s"] / a["ttft_p50_s"],
+                           "ttft_p99_off_over_on": b["ttft_p99_s"] / a["ttft_p99_s"],
+                           "throughput_on_over_off": a["prompt_tok_per_s"] / b["prompt_tok_per_s"],
+                           "hit_rate": a["hit_rate"], "ideal_in_order": a["ideal_in_order"],
+                           "ideal_at_send": a["ideal_at_send"]}
+        by_system[label] = ratios
+    result["ratios"] = by_system[on_labels[policies[0]]]
+    if len(policies) > 1:
+        result["ratios_by_system"] = by_system
+    ratios = by_system
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(ratios, indent=1))

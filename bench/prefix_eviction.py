@@ -147,6 +147,9 @@ def main() -> None:
         "adapter_pages": sum(pack(adapter_sizes(ranks[a]), PAGE_ELEMS)[0] for a in used),
         "shared_prefix_pages": len(used) * (spec.system_len // BLOCK),
         "page_mib": PAGE_MIB,
+        # requests coming after an earlier one of their adapter: the only ones any cache can serve
+        "requests_that_can_hit": sum(b > 0 for b in ideal_in_order(trace)),
+        "requests": len(trace),
     }
     working_set["mib"] = (working_set["adapter_pages"] + working_set["shared_prefix_pages"]) * PAGE_MIB
     costs = EvictionConfig()
