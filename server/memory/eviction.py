@@ -4,15 +4,19 @@ Every use of an evictable thing (an adapter's last pin released, a cached block'
 is stamped by the pool's policy; the pool evicts the smallest stamp first, whoever owns it.
 
 - lru (the default): the stamp is the pool's logical clock, so the least recently used goes first.
-- cost: GreedyDual (Young 1994; Cao and Irani's GreedyDual-Size, 1997). The stamp is L + what the thing
-  would cost to bring back per page it holds; evicting raises L to the evicted stamp. A thing unused for
-  long ages out whatever its cost, and of two things used about as recently the one cheaper per page to
-  restore goes first. Restoring a KV block is a prefill of block_size tokens; restoring an adapter is a
-  host-to-pool copy. Per page those differ by over an order of magnitude on CPUs (bench/eviction_costs.py:
-  a cached block of SmolLM2-135M in fp32 saves ~20x what a page of adapter costs to page back in), so
-  under pressure the pool gives up adapter pages before cached prefixes of about the same age.
-  A chain's blocks all cost one prefill of block_size tokens each: the prefix cache already evicts
-  leaves first, and a block with cached children never (they would be unreachable).
+- cost: GreedyDual-Size-Frequency (Young 1994; Cao and Irani 1997; Cherkasova 1998). The stamp is
+  L + uses x what the thing would cost to bring back per page it holds; evicting raises L to the
+  evicted stamp. A thing unused for long ages out whatever its value, and of two things used about as
+  recently the one worth less per page goes first. Restoring a KV block is a prefill of block_size
+  tokens; restoring an adapter is a host-to-pool copy. Per page those differ by over an order of
+  magnitude on CPUs (bench/eviction_costs.py: a cached block of SmolLM2-135M in fp32 saves ~20x what a
+  page of adapter costs to page back in), so under pressure the pool gives up adapter pages before
+  cached prefixes of about the same age. uses estimates a block's re-use: how many sequences have held
+  it (1 + its hits). A shared system prompt's blocks gather hits; the block holding a request's own
+  question never does, so it goes before them although released later. Adapters count 1: a Zipf-
+  popular adapter is re-pinned before it ages out anyway, and its page-in is cheap. A chain's blocks
+  each cost one prefill of block_size tokens: the prefix cache evicts leaves first, and a block with
+  cached children never (they would be unreachable).
 """
 
 from dataclasses import dataclass
@@ -49,11 +53,17 @@ class Eviction:
         self._floor = 0.0  # GreedyDual's L: the priority of the latest eviction
         self._cost = {KV: self.config.kv_page_cost_ms, ADAPTER: self.config.adapter_page_cost_ms}
 
-    def stamp(self, owner: str) -> Stamp:
+    @property
+    def in_release_order(self) -> bool:
+        """Whether a later stamp is always larger (LRU): the first idle thing in release order is the smallest."""
+        return self.config.policy == "lru"
+
+    def stamp(self, owner: str, uses: int = 1) -> Stamp:
+        """A use now of a thing of this owner that uses sequences have held so far (cost policy only)."""
         self._clock += 1
         if self.config.policy == "lru":
             return (float(self._clock), self._clock)
-        return (self._floor + self._cost[owner], self._clock)
+        return (self._floor + self._cost[owner] * uses, self._clock)
 
     def evicted(self, stamp: Stamp) -> None:
         self._floor = max(self._floor, stamp[0])

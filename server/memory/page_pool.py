@@ -63,9 +63,9 @@ class PagePool:
     def add_reclaimer(self, reclaimer: Reclaimer) -> None:
         self.reclaimers.append(reclaimer)
 
-    def stamp(self, owner: str) -> Stamp:
-        """A use of an evictable thing of this owner, now: what orders evictions."""
-        return self.eviction.stamp(owner)
+    def stamp(self, owner: str, uses: int = 1) -> Stamp:
+        """A use of an evictable thing of this owner, now: what orders evictions (eviction.py)."""
+        return self.eviction.stamp(owner, uses)
 
     @property
     def num_free(self) -> int:

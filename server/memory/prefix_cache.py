@@ -21,8 +21,8 @@ Choices, and why:
   eviction.py: LRU, or cost-aware GreedyDual). A sequence releases its table leaf first, so a
   chain's deeper blocks get older stamps than its shallower ones and leaves go first; a block with
   cached children is never evicted (its children would become unreachable but still hold pages).
-  Every block costs the same to restore, so under either policy a later release has a larger stamp
-  and the idle dict stays in stamp order.
+  Under LRU a later release has a larger stamp, so the first childless idle block is the victim;
+  the cost policy also weighs a block's uses (sequences that held it), so the victim is searched.
 """
 
 from collections import OrderedDict
@@ -49,6 +49,7 @@ class CachedBlock:
     hash: int
     parent: int | None  # the page of the cached parent block counting this one as a child
     refs: int = 0  # sequences whose block tables hold this page
+    uses: int = 1  # sequences that have held it: 1 + its hits (the cost policy's re-use estimate)
     children: int = 0  # cached blocks whose parent this is
 
 
@@ -97,7 +98,9 @@ class PrefixCache:
     def take(self, pages: Sequence[int]) -> None:
         """One more holder of each page (a sequence starting from a cached prefix)."""
         for p in pages:
-            self._blocks[p].refs += 1
+            block = self._blocks[p]
+            block.refs += 1
+            block.uses += 1
             self._idle.pop(p, None)
 
     def record_query(self, queried: int, hit: int) -> None:
@@ -138,7 +141,7 @@ class PrefixCache:
         assert block.refs > 0, f"cached page {page} released more often than taken"
         block.refs -= 1
         if block.refs == 0:
-            self._idle[page] = self.pool.stamp(KV)
+            self._idle[page] = self.pool.stamp(KV, block.uses)
 
     def refs(self, page: int) -> int:
         return self._blocks[page].refs
@@ -149,7 +152,10 @@ class PrefixCache:
         return len(self._idle)
 
     def _next_victim(self) -> int | None:
-        return next((p for p in self._idle if self._blocks[p].children == 0), None)
+        leaves = (p for p in self._idle if self._blocks[p].children == 0)
+        if self.pool.eviction.in_release_order:
+            return next(leaves, None)
+        return min(leaves, key=self._idle.__getitem__, default=None)
 
     def oldest(self) -> Stamp | None:
         page = self._next_victim()

@@ -78,8 +78,20 @@ def test_cost_still_ages_out_a_block_unused_while_others_were_evicted():
     assert evict_one(pool, cache, adapters) == "a1"
 
 
+def test_cost_keeps_a_reused_block_over_a_never_reused_one_released_later():
+    for config, first in ((None, "shared"), (COST, "own")):
+        pool, cache, adapters = make(4, config)
+        bm = BlockManager(pool, BS, cache)
+        shared = cached_block(pool, cache, 1)
+        (hit,) = [p for p, _ in cache.match([1, 2, 3, 4, 5], (), 1)]
+        cache.take([hit])  # a second sequence starts from it
+        bm.release([hit])
+        own = cached_block(pool, cache, 10)  # a request's own question: never hit, released last
+        assert evict_one(pool, cache, adapters) == f"b{shared if first == 'shared' else own}", config
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_cost_with_equal_costs_evicts_in_lru_order(seed):
+def test_cost_with_equal_costs_and_no_reuse_evicts_in_lru_order(seed):
     def trace(config):
         rng = random.Random(seed)
         pool, cache, adapters = make(12, config)
