@@ -12,14 +12,17 @@
 #define MAX_IN 65536  /* x row buffer on the stack: 256 KiB */
 #define MAX_RANK 256
 
-/* rows (n,): token row of each grouped row; table (G, 3): group g owns rows[start:end] and has rank r.
+/* rows (n,): token row of each grouped row; table (G, 3): group g owns rows[start:end] and has rank r;
+   slots (G,): its slot, whose A and B start at pool offsets a_off[slot * off_stride], b_off[...] (< 0: none;
+   the offsets are one (layer, module)'s column of the step's (slots, layers, modules) table, read in place).
    Groups with more than max_rows rows are skipped: a GEMM per group (the torch twin) serves them better.
    row_w (T,) or NULL: each row's delta weight; a row of weight 0 is skipped (per-token Arrow's entries of
    unchosen candidates), so only the chosen candidates' factors are read. */
 #define LORA_APPLY(NAME, T, LOAD, STORE_ADD)                                                        \
     int NAME(const T *x, int64_t ldx, T *out, int64_t ldo, const T *pool, int64_t d_in,             \
              int64_t d_out, int64_t n_groups, const int64_t *rows, const int64_t *table,           \
-             const float *scales, const int64_t *a_off, const int64_t *b_off, int64_t max_rows,    \
+             const float *scales, const int64_t *slots, const int64_t *a_off, const int64_t *b_off,\
+             int64_t off_stride, int64_t max_rows,                                                  \
              int64_t num_threads, const float *row_w) {                                            \
         if (d_in > MAX_IN) return -1;                                                              \
         for (int64_t g = 0; g < n_groups; g++)                                                     \
@@ -28,9 +31,10 @@
         _Pragma("omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (n_groups > 1)") \
         for (int64_t g = 0; g < n_groups; g++) {                                                   \
             const int64_t start = table[3 * g], end = table[3 * g + 1], r = table[3 * g + 2];      \
-            if (a_off[g] < 0 || b_off[g] < 0 || end - start > max_rows) continue;                  \
+            const int64_t ao = a_off[slots[g] * off_stride], bo = b_off[slots[g] * off_stride];    \
+            if (ao < 0 || bo < 0 || end - start > max_rows) continue;                              \
             float xf[d_in], y[MAX_RANK];                                                           \
-            const T *A = pool + a_off[g], *B = pool + b_off[g];                                    \
+            const T *A = pool + ao, *B = pool + bo;                                                \
             for (int64_t i = start; i < end; i++) {                                                  \
                 const float w = row_w ? row_w[rows[i]] * scales[g] : scales[g];                    \
                 if (w == 0.f) continue;                                                            \

@@ -6,11 +6,9 @@ pool instead. Groups of more than SMALL_GROUP_ROWS rows (prefill chunks, popular
 the factors across rows, where a GEMM wins. Same signature as the twin, checked against it.
 """
 
-import ctypes
-
 import torch
 
-from kernels.cpu.build import load, ptr
+from kernels.cpu.build import bind, load
 from kernels.limits import MAX_LORA_RANK
 from kernels.lora_batch import LoRABatchInfo
 from kernels.torch.lora import compute_dtype
@@ -47,33 +45,20 @@ def lora_apply(
     if rank > MAX_LORA_RANK:  # a real check, not an assert: python -O would run the step without its deltas
         raise ValueError(f"LoRA rank {rank} is above {MAX_LORA_RANK}, the most lora.c accepts")
     d_in, d_out = x.shape[1], out.shape[1]
-    a_offs = a_offsets[groups.slots]  # (G,), a fresh contiguous tensor
-    b_offs = b_offsets[groups.slots]  # (G,)
-    status = getattr(load("lora"), _FUNCS[x.dtype])(
-        ptr(x),
-        ctypes.c_int64(x.stride(0)),
-        ptr(out),
-        ctypes.c_int64(out.stride(0)),
-        ptr(pool),
-        ctypes.c_int64(d_in),
-        ctypes.c_int64(d_out),
-        ctypes.c_int64(len(groups.spans)),
-        ptr(groups.rows),
-        ptr(groups.table),
-        ptr(groups.group_scalings),
-        ptr(a_offs),
-        ptr(b_offs),
-        ctypes.c_int64(SMALL_GROUP_ROWS),
-        ctypes.c_int64(torch.get_num_threads()),
-        None if row_weights is None else ptr(row_weights),
-    )
+    assert a_offsets.stride() == b_offsets.stride() and a_offsets.dim() == 1 and groups.slots.is_contiguous()
+    status = bind("lora", _FUNCS[x.dtype], "pipipiiippppppiiip")(
+        x.data_ptr(), x.stride(0), out.data_ptr(), out.stride(0), pool.data_ptr(), d_in, d_out, len(groups.spans),
+        groups.rows.data_ptr(), groups.table.data_ptr(), groups.group_scalings.data_ptr(), groups.slots.data_ptr(),
+        a_offsets.data_ptr(), b_offsets.data_ptr(), a_offsets.stride(0), SMALL_GROUP_ROWS, torch.get_num_threads(),
+        None if row_weights is None else row_weights.data_ptr(),
+    )  # fmt: skip
     if status != 0:  # as above: never let a refused call pass silently
         raise ValueError(f"lora.c refused the shapes (status {status}, in={d_in}, max rank {info.max_rank})")
     large = [g for g, (start, end, _, _) in enumerate(groups.spans) if end - start > SMALL_GROUP_ROWS]
     if not large:
         return
     cdt, base = compute_dtype(x.dtype), pool.storage_offset()
-    a_list, b_list = a_offs.tolist(), b_offs.tolist()
+    a_list, b_list = a_offsets[groups.slots].tolist(), b_offsets[groups.slots].tolist()
     for g in large:
         start, end, r, scale = groups.spans[g]
         if a_list[g] < 0 or b_list[g] < 0:

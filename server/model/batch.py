@@ -1,6 +1,6 @@
 """The one message the model runner hands the model each step."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,11 @@ class LoRAStep:
     # (num_slots, L, M) int64 pool offsets of each slot's Arrow prototype (in,); -1 = not targeted
     arrow: ArrowRows | None = None
     proto_offsets: torch.Tensor | None = None
+    # [layer][module]: whether any slot has factors there; a projection no slot targets skips its LoRA calls
+    targeted: list[list[bool]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.targeted = (self.a_offsets >= 0).any(dim=0).tolist()  # one sync per step, not one per projection
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ class LoRALinear(nn.Module):
         if capture is not None and (key := (self.layer, MODULES[self.module])) in capture:
             capture[key] = x
         lora = step.lora if step is not None else None
-        if lora is not None:
+        if lora is not None and lora.targeted[self.layer][self.module]:
             a = lora.a_offsets[:, self.layer, self.module]  # (num_slots,)
             b = lora.b_offsets[:, self.layer, self.module]
             ops.lora_apply(x, out, lora.pool_flat, a, b, lora.info)
