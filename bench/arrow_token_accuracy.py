@@ -4,9 +4,11 @@ single-task held-out prompts and on composite prompts that need two adapters in 
 Per-token options (top_k, temperature, mixed) are chosen on the demo set and reported on the validation
 set (bench/validation, adapters never used to choose anything); PEFT's rule with the options it was chosen
 with before (mixed=peft, top_k=2, T=1) is reported beside it. `mixed=base` takes each candidate's level
-from the `arrow:mode=token` router's calibration (router/arrow_token.py). Every adapter is a candidate (both sets
-have at most 8), so per-token mode runs no routing pass. Greedy, fp32; outputs are scored as
-bench/router_eval.py does (first line, exact match).
+from the `arrow:mode=token` router's calibration (router/arrow_token.py). Every adapter is a candidate (both
+sets have at most 8), so per-token mode runs no routing pass; rows `candidates=M` restrict the chosen
+configuration's candidates to the request-level top M instead (a routing pass per request, as request-level
+Arrow), reported on both sets after the choice. Greedy, fp32; outputs are scored as bench/router_eval.py
+does (first line, exact match).
 
     .venv/bin/python -m bench.arrow_token_accuracy --out bench/results/router/arrow_token_accuracy.json
 """
@@ -28,6 +30,7 @@ SETS = {"demo": ROOT / "server" / "adapters" / "demo", "validation": ROOT / "ben
 # (top_k, temperature, mixed) tried on the demo set; mixed=base scores |cos| / level, so its temperatures are smaller
 GRID = [(1, 1.0, "peft"), (2, 1.0, "peft"), (2, 10.0, "peft"), (1, 1.0, "base"), (2, 0.25, "base"), (2, 1.0, "base")]
 PEFT = (2, 1.0, "peft")
+TOP_M = (1, 2)  # candidate sets restricted to the request-level top M (a routing pass), reported beside
 
 
 def generate(engine, jobs: list[tuple[str, object, int]]) -> list[str]:
@@ -51,10 +54,14 @@ def generate(engine, jobs: list[tuple[str, object, int]]) -> list[str]:
     return [text.get(f"q{i}", "").split("\n")[0].strip() for i in range(len(jobs))]
 
 
-def evaluate(folder: Path, grid: list[tuple[int, float, str]]) -> dict:
+def evaluate(folder: Path, grid: list[tuple[int, float, str]], top_m: tuple[int, ...] = ()) -> dict:
+    """top_m: candidate-set sizes tried with grid[0] (the chosen configuration), ranked by a routing pass."""
     engine = LLMEngine.from_config(EngineConfig(max_model_len=512, max_num_seqs=64, dtype="float32"))
     engine.registry.register_dir(folder / "adapters")
-    routers = Routers(AsyncEngine(engine), {"arrow": "arrow", "token": "arrow:mode=token"})
+    specs = {"arrow": "arrow", "token": "arrow:mode=token"}
+    k0, t0, mixed0 = grid[0]
+    specs |= {f"m{m}": f"arrow:mode=token,candidates={m},top_k={k0},temperature={t0},mixed={mixed0}" for m in top_m}
+    routers = Routers(AsyncEngine(engine), specs)
     max_tokens = {ref.name: json.loads((ref.path / "loraplex.json").read_text())["max_tokens"]
                   for ref in engine.registry}
     d = routers.route("token", "x")  # every adapter fits in the candidate set: no pass; levels in routing[2]
@@ -72,6 +79,14 @@ def evaluate(folder: Path, grid: list[tuple[int, float, str]]) -> dict:
     for k, temp, mixed in grid:
         picks[f"arrow per token (top_k={k}, T={temp:g}, mixed={mixed})"] = (
             lambda p, t, k=k, temp=temp, lv=levels[mixed]: ("token", k, temp, cands, lv))
+
+    def restricted(prompt: str, m: int):
+        d = routers.route(f"m{m}", prompt)
+        return ("token", k0, t0, tuple(d.adapters), d.routing[2] if len(d.routing) > 2 else None)
+
+    for m in top_m:
+        picks[f"arrow per token (top_k={k0}, T={t0:g}, mixed={mixed0}), candidates={m}"] = (
+            lambda p, t, m=m: restricted(p, m))
     single, comp = {}, {}
     for label, pick in picks.items():
         outs = generate(engine, [(r["prompt"], pick(r["prompt"], r["task"]), max_tokens[r["task"]]) for r in rows])
@@ -103,7 +118,8 @@ def main() -> None:
                 "(accuracy does not depend on it)",
         "chosen_on_demo": {"top_k": k, "temperature": temp, "mixed": mixed},
         "demo": demo,
-        "validation": evaluate(SETS["validation"], list(dict.fromkeys([(k, temp, mixed), PEFT]))),
+        "demo_top_m": evaluate(SETS["demo"], [(k, temp, mixed)], TOP_M)["task_accuracy_single"],
+        "validation": evaluate(SETS["validation"], list(dict.fromkeys([(k, temp, mixed), PEFT])), TOP_M),
     }
     emit(rep, args.out)
 
