@@ -4,6 +4,7 @@
    weight, 0 for the unchosen; arrow_apply then adds the chosen candidates' deltas too, in the same call.
    Rows with levels (> 0), at a projection some but not all of their candidates target: scores are
    |cos(x, v_c)| / level_c and the base model competes at 1 with a zero delta (kernels/arrow_rows.py).
+   The offset tables are read in place, column views of the step's (slots, L, M) tables (stride ld_off).
    The torch twin takes ~15 small torch calls per projection for what is a few thousand multiply-adds
    per row, and computes every candidate's delta. */
 #include <math.h>
@@ -18,14 +19,14 @@
 /* w[c] for one routed row: |x . v_c| over its candidates, top_k, softmax(top * inv_temp); 0 = not chosen.
    With levels where the candidates' targets differ here: |cos| / level, and the base (index C) at 1. */
 #define ROW_WEIGHTS(NAME, T, LOAD)                                                                   \
-    static void NAME(const T *xr, const T *pool, int64_t d_in, const int64_t *proto_off,            \
+    static void NAME(const T *xr, const T *pool, int64_t d_in, const int64_t *proto_off, int64_t ld_off, \
                      const int64_t *slots, const float *levels, int64_t C, int64_t top_k,           \
                      float inv_temp, float *w) {                                                    \
         float s[MAX_CANDIDATES + 1];                                                                \
         int chosen[MAX_CANDIDATES + 1];                                                             \
         int present = 0, real = 0;                                                                  \
         for (int64_t c = 0; c < C; c++) {                                                           \
-            const int64_t off = slots[c] >= 0 ? proto_off[slots[c]] : -1;                           \
+            const int64_t off = slots[c] >= 0 ? proto_off[slots[c] * ld_off] : -1;                  \
             chosen[c] = 0;                                                                          \
             s[c] = -INFINITY;                                                                       \
             real += slots[c] >= 0;                                                                  \
@@ -66,14 +67,14 @@
 
 /* The weights of every (row, candidate) entry: w_out[cand_entries[r, c]]. */
 #define ARROW_WEIGHTS(NAME, ROW, T)                                                                  \
-    int NAME(const T *x, int64_t ldx, const T *pool, int64_t d_in, const int64_t *proto_off,        \
+    int NAME(const T *x, int64_t ldx, const T *pool, int64_t d_in, const int64_t *proto_off, int64_t ld_off, \
              int64_t R, int64_t C, const int64_t *rows, const int64_t *cand_slots,                  \
              const int64_t *cand_entries, const float *levels, const int64_t *top_k, const float *inv_temp, \
              float *w_out) {                                                                        \
         if (C > MAX_CANDIDATES) return -1;                                                          \
         for (int64_t r = 0; r < R; r++) {                                                           \
             float w[MAX_CANDIDATES];                                                                \
-            ROW(x + rows[r] * ldx, pool, d_in, proto_off, cand_slots + r * C, levels ? levels + r * C : 0, C, \
+            ROW(x + rows[r] * ldx, pool, d_in, proto_off, ld_off, cand_slots + r * C, levels ? levels + r * C : 0, C, \
                 top_k[r], inv_temp[r], w);                                                          \
             for (int64_t c = 0; c < C; c++)                                                         \
                 if (cand_entries[r * C + c] >= 0) w_out[cand_entries[r * C + c]] = w[c];            \
@@ -86,6 +87,7 @@
 #define ARROW_APPLY(NAME, ROW, T, LOAD, STORE)                                                       \
     int NAME(const T *x, int64_t ldx, T *out, int64_t ldo, const T *pool, int64_t d_in,             \
              int64_t d_out, const int64_t *proto_off, const int64_t *a_off, const int64_t *b_off,   \
+             int64_t ld_off,                                                                        \
              const int32_t *ranks, const float *scalings, int64_t R, int64_t C,                     \
              const int64_t *rows, const int64_t *cand_slots, const float *levels,                   \
              const int64_t *top_k, const float *inv_temp, int64_t num_threads) {                    \
@@ -95,14 +97,15 @@
             const T *xr = x + rows[r] * ldx;                                                        \
             const int64_t *slots = cand_slots + r * C;                                              \
             float w[MAX_CANDIDATES], xf[d_in], acc[d_out], y[MAX_RANK];                             \
-            ROW(xr, pool, d_in, proto_off, slots, levels ? levels + r * C : 0, C, top_k[r], inv_temp[r], w); \
+            ROW(xr, pool, d_in, proto_off, ld_off, slots, levels ? levels + r * C : 0, C, top_k[r], inv_temp[r], \
+                w);                                                                                 \
             for (int64_t k = 0; k < d_in; k++) xf[k] = LOAD(xr[k]);                                 \
             for (int64_t o = 0; o < d_out; o++) acc[o] = 0.f;                                       \
             for (int64_t c = 0; c < C; c++) {                                                       \
                 const int64_t slot = slots[c];                                                      \
-                if (w[c] == 0.f || slot < 0 || a_off[slot] < 0 || b_off[slot] < 0) continue;        \
+                if (w[c] == 0.f || slot < 0 || a_off[slot * ld_off] < 0 || b_off[slot * ld_off] < 0) continue; \
                 const int64_t rank = ranks[slot] < MAX_RANK ? ranks[slot] : MAX_RANK;               \
-                const T *A = pool + a_off[slot], *B = pool + b_off[slot];                           \
+                const T *A = pool + a_off[slot * ld_off], *B = pool + b_off[slot * ld_off];         \
                 const float coef = w[c] * scalings[slot];                                           \
                 for (int64_t j = 0; j < rank; j++) {                                                \
                     const T *a = A + j * d_in;                                                      \

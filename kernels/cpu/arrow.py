@@ -25,14 +25,14 @@ def entry_weights(
 ) -> torch.Tensor:  # (E,) float32, weight of each (row, candidate) entry of arrow.entries; 0 = not chosen
     R, C = arrow.cand_slots.shape
     assert pool.dim() == 1 and pool.stride(0) == 1 and pool.dtype == x.dtype and x.stride(1) == 1
-    assert proto_offsets.dtype == torch.int64
-    proto_offsets = proto_offsets.contiguous()  # (num_slots,), a column of the step's (slots, L, M) table
+    assert proto_offsets.dtype == torch.int64 and proto_offsets.dim() == 1  # (num_slots,), read in place by stride
     if C > MAX_CANDIDATES:
         raise ValueError(f"{C} candidates per row; arrow.c takes at most {MAX_CANDIDATES}")
     w = torch.zeros(arrow.entries.num_rows)  # (E,)
     status = getattr(load("arrow"), _FUNCS[x.dtype])(
         ptr(x), ctypes.c_int64(x.stride(0)), ptr(pool), ctypes.c_int64(x.shape[1]), ptr(proto_offsets),
-        ctypes.c_int64(R), ctypes.c_int64(C), ptr(arrow.rows), ptr(arrow.cand_slots), ptr(arrow.cand_entries),
+        ctypes.c_int64(proto_offsets.stride(0)), ctypes.c_int64(R), ctypes.c_int64(C), ptr(arrow.rows),
+        ptr(arrow.cand_slots), ptr(arrow.cand_entries),
         ptr(arrow.levels), ptr(arrow.top_k), ptr(arrow.inv_temperature), ptr(w),
     )
     if status != 0:
@@ -58,11 +58,12 @@ def arrow_apply(
         raise ValueError(f"{C} candidates per row; arrow.c takes at most {MAX_CANDIDATES}")
     if R == 0:
         return
-    offs = [t.contiguous() for t in (proto_offsets, a_offsets, b_offsets)]  # columns of (slots, L, M) tables
-    assert all(t.dtype == torch.int64 for t in offs)
+    offs = (proto_offsets, a_offsets, b_offsets)  # columns of the step's (slots, L, M) tables, read in place
+    assert all(t.dtype == torch.int64 and t.dim() == 1 and t.stride(0) == proto_offsets.stride(0) for t in offs)
     status = getattr(load("arrow"), _APPLY[x.dtype])(
         ptr(x), ctypes.c_int64(x.stride(0)), ptr(out), ctypes.c_int64(out.stride(0)), ptr(pool),
         ctypes.c_int64(x.shape[1]), ctypes.c_int64(out.shape[1]), *(ptr(t) for t in offs),
+        ctypes.c_int64(proto_offsets.stride(0)),
         ptr(info.ranks), ptr(info.scalings), ctypes.c_int64(R), ctypes.c_int64(C), ptr(arrow.rows),
         ptr(arrow.cand_slots), ptr(arrow.levels), ptr(arrow.top_k), ptr(arrow.inv_temperature),
         ctypes.c_int64(torch.get_num_threads()),
