@@ -52,27 +52,38 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", type=float, default=0.25, help="with --mixed base, as chosen on the demo set "
+                    "(bench/arrow_token_accuracy.py)")
+    ap.add_argument("--mixed", default="base", choices=["base", "peft"], help="the router's rule where only some "
+                    "candidates target a projection (router/arrow_token.py)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", help="fp32: the validation below is exact (bf16 rounds the "
                     "routed rows' deltas once more, in their own buffer)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.manual_seed(0)
-    engine = LLMEngine.from_config(EngineConfig(max_model_len=512, max_num_seqs=64, dtype=args.dtype))
+    # no prefix caching: the TTFT rounds repeat their prompts, and a cached prefix would time only the last block
+    engine = LLMEngine.from_config(EngineConfig(max_model_len=512, max_num_seqs=64, dtype=args.dtype,
+                                                prefix_caching=False))
     engine.registry.register_dir(DEMO / "adapters")
     names = sorted(ref.name for ref in engine.registry)
     rows = [json.loads(line) for line in (DEMO / "eval.jsonl").read_text().splitlines()]
     rows = [rows[i * len(rows) // args.batch] for i in range(args.batch)]  # every task, spread
     ids = [engine.tokenizer(r["prompt"])["input_ids"] for r in rows]
     greedy = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
-    routing = TokenRouting(args.top_k, args.temperature)
-    cands = tuple((n, 1.0) for n in names)
+    specs = {"arrow": "arrow:fallback=off", "token": f"arrow:mode=token,mixed={args.mixed}"}
+    routers = Routers(AsyncEngine(engine), specs)
+    d = routers.route("token", "x")  # every demo adapter is a candidate: no pass; mixed=base: levels in routing[2]
+    cands = d.adapters
+    levels = dict(zip(names, [None] * len(names), strict=True)) if len(d.routing) < 3 else dict(
+        zip([a for a, _ in cands], d.routing[2], strict=True))
+    routing = TokenRouting(args.top_k, args.temperature, d.routing[2] if len(d.routing) > 2 else None)
 
     # validate: one candidate, per token == named
+    one_lv = None if levels[rows[0]["task"]] is None else (levels[rows[0]["task"]],)
     _, _, a = run(engine, [EngineRequest("v-named", ids[0], greedy, rows[0]["task"])])
     _, _, b = run(engine, [EngineRequest("v-tok", ids[0], greedy, mixture=((rows[0]["task"], 1.0),),
-                                         routing=routing)])
+                                         routing=TokenRouting(args.top_k, args.temperature, one_lv))])
     assert a["v-named"] == b["v-tok"], "a per-token request over one candidate differs from the adapter named"
 
     def batch(frac: float, tag: str) -> list[EngineRequest]:
@@ -84,7 +95,6 @@ def main() -> None:
 
     fracs = [0.0, 0.25, 1.0]
     tput: dict[float, list[float]] = {f: [] for f in fracs}
-    routers = Routers(AsyncEngine(engine), {"arrow": "arrow:fallback=off"})
     ttft: dict[str, list[float]] = {"named": [], "per_token": [], "request_arrow": []}
     for rep in range(args.repeats + 1):  # the first round warms up and is dropped
         for f in fracs:
@@ -116,6 +126,7 @@ def main() -> None:
                 "so one thread (OpenMP waits on a busy core otherwise); "
                 "ratios within one run are what to read, not absolute numbers",
         "adapters": names, "candidates": len(names), "top_k": args.top_k, "temperature": args.temperature,
+        "mixed": args.mixed,
         "batch": args.batch, "max_tokens": args.max_tokens, "repeats": args.repeats,
         "dtype": engine.config.dtype,
         "throughput_tok_s": {f"{int(f * 100)}%_per_token": round(v, 1) for f, v in med.items()},

@@ -28,10 +28,12 @@ from server.engine.sampling_params import SamplingParams
 
 REPO = Path(__file__).resolve().parents[1]
 SETS = {"demo": REPO / "server" / "adapters" / "demo", "validation": REPO / "bench" / "validation"}
-# chosen on the demo set; `arrow-fixed` is the rule before issue 17 (a score threshold fitted on the demo set)
-# and `auto-fixed` the embedding router's (a similarity threshold fitted on the demo set)
+# chosen on the demo set; `arrow-fixed` is the rule before issue 17 (a score threshold fitted on the demo set),
+# `arrow-uncentred` Arrow's ranking before centring (bench/arrow_variants.py) and `auto-fixed` the embedding
+# router's (a similarity threshold fitted on the demo set)
 KINDS = {"auto": "embedding", "auto-fixed": "embedding:fallback=threshold,threshold=0.45", "arrow": "arrow",
-         "arrow-top2": "arrow:top_k=2", "arrow-fixed": "arrow:fallback=threshold,threshold=1.25"}
+         "arrow-top2": "arrow:top_k=2", "arrow-uncentred": "arrow:centre=off",
+         "arrow-fixed": "arrow:fallback=threshold,threshold=1.25"}
 TIMED = 20  # prompts whose routing is timed per router (each its own pass)
 
 Choice = str | None | tuple[tuple[str, float], ...]  # adapter, base, or a mixture
@@ -77,7 +79,8 @@ def rate(flags) -> float:
 
 
 def evaluate(folder: Path) -> dict:
-    engine = LLMEngine.from_config(EngineConfig(max_model_len=512, max_num_seqs=64))
+    # no prefix caching: ttft() repeats one prompt, and a cached prefix would time only its last block
+    engine = LLMEngine.from_config(EngineConfig(max_model_len=512, max_num_seqs=64, prefix_caching=False))
     engine.registry.register_dir(folder / "adapters")
     routers = Routers(AsyncEngine(engine), KINDS)  # never started: routes run here, synchronously
     names = list(KINDS)

@@ -13,8 +13,8 @@ Beyond that, `rank=pass` (default) scores on a routing pass over the prompt, as 
 layer's RMSNorm (q/k/v: input_layernorm, gate/up: post_attention_layernorm), the residual stream
 before any layer wrote to it (o_proj and down_proj have no proxy; adapters targeting only those come
 last). Recall (is the adapter a task needs among the M) is measured by bench/arrow_candidates.py:
-pass has the right adapter in the top 2 for 200/200 demo and 180/180 validation prompts (top 1: 200,
-170), proxy in the top 2 for 105/200 and 116/180 (bench/results/router/arrow_candidates.json), so
+pass has the right adapter first for 200/200 demo and 180/180 validation prompts (centred ranking; 170
+before it), proxy in the top 2 for 105/200 and 116/180 (bench/results/router/arrow_candidates.json), so
 proxy is not the default.
 
 Mixed target sets (`mixed=base`, the default): where only some of a request's candidates target a
