@@ -56,6 +56,7 @@ NEUTRAL_PROMPTS = (  # generic requests of no one task: the reference each adapt
 
 
 FALLBACKS = ("generic", "threshold", "off")
+TOKEN_DEFAULTS = {"top_k": 2, "temperature": 0.25}  # mode=token's own, where the spec names none
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +90,8 @@ class ArrowOptions:
                 raise ValueError(f"arrow option {item!r}: expected KEY=VALUE with KEY in "
                                  f"{', '.join(cls.__dataclass_fields__)}")
             kw[key] = type(getattr(defaults, key))(value)  # each option's type is its default's
+        if kw.get("mode") == "token":  # per token, the defaults chosen on the demo set (bench/arrow_token_accuracy.py)
+            kw = {**TOKEN_DEFAULTS, **kw}
         opts = cls(**kw)
         if (opts.top_k < 1 or opts.temperature <= 0 or opts.max_tokens < 1 or opts.fallback not in FALLBACKS
                 or not 0 < opts.alpha < 1):

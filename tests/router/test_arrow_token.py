@@ -61,6 +61,9 @@ def test_no_adapters_serves_the_base(proxy):
 def test_kinds_build_it_from_the_spec(proxy):
     r = build_router("tok", "arrow:mode=token,top_k=3,temperature=2,candidates=5", lambda: None, lambda: proxy)
     assert isinstance(r, TokenArrowRouter) and r.options.candidates == 5 and r.options.top_k == 3
+    plain = ArrowOptions.parse("mode=token")  # per token, the configuration chosen on the demo set
+    assert (plain.top_k, plain.temperature, plain.mixed) == (2, 0.25, "base")
+    assert (ArrowOptions.parse("").top_k, ArrowOptions.parse("").temperature) == (1, 0.1)
     with pytest.raises(ValueError, match="mode"):
         ArrowOptions.parse("mode=tokens")
     for bad in ("0", "9"):
