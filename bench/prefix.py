@@ -249,7 +249,8 @@ def vllm(port: int, log: Path) -> process.ServerProcess:
                           extra=["--enable-prompt-tokens-details", "--block-size", str(VLLM_BLOCK)])
 
 
-POOL_COUNTERS = ("loraplex_adapter_loads_total", "loraplex_adapter_evictions_total", "loraplex_adapter_hits_total")
+POOL_COUNTERS = ("loraplex_adapter_loads_total", "loraplex_adapter_evictions_total", "loraplex_adapter_hits_total",
+                 "loraplex_adapter_load_seconds_sum")
 
 
 def pool_counters(url: str) -> dict[str, float]:
