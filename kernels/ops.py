@@ -48,6 +48,15 @@ def add_rms_norm(x, res, weight, eps):
     return twin(x, res, weight, eps)
 
 
+def silu_mul(gate, up):
+    """silu(gate) * up: (T, I) each -> (T, I)."""
+    if gate.dim() == 2 and (cpu := _cpu_elementwise(gate)) is not None:
+        return cpu.silu_mul(gate, up)
+    from kernels.torch.silu_mul import silu_mul as twin
+
+    return twin(gate, up)
+
+
 def rotary_(q, k, cos, sin) -> None:
     """q (T, H, hd) and k (T, KH, hd) rotated in place by cos/sin (T, hd)."""
     if (cpu := _cpu_elementwise(q)) is not None:

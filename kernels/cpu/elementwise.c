@@ -70,3 +70,15 @@ int store_kv_f32(const float *k, int64_t ks, const float *v, int64_t vs, float *
     }
     return 0;
 }
+
+/* gate, up (T, I) rows gs / us apart. out (T, I) rows os apart = silu(gate) * up, silu as torch computes it,
+   g / (1 + exp(-g)) (its exp and glibc's agree to an ulp). */
+void silu_mul_f32(const float *gate, int64_t gs, const float *up, int64_t us, float *out, int64_t os, int64_t T,
+                  int64_t I, int64_t num_threads) {
+    _Pragma("omp parallel for schedule(static) num_threads(num_threads) if(T >= PARALLEL_TOKENS)")
+    for (int64_t t = 0; t < T; t++) {
+        const float *g = gate + t * gs, *u = up + t * us;
+        float *o = out + t * os;
+        for (int64_t i = 0; i < I; i++) o[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+    }
+}

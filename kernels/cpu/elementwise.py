@@ -61,3 +61,16 @@ def store_kv(
     )  # fmt: skip
     if status != 0:  # a bookkeeping bug upstream: refuse rather than write outside the pool
         raise IndexError(f"a KV slot lies past the cache's {k_cache.shape[0]} pages")
+
+
+def silu_mul(
+    gate: torch.Tensor,  # (T, I), rows contiguous (a column view of the fused gate/up output)
+    up: torch.Tensor,  # (T, I)
+) -> torch.Tensor:  # (T, I) silu(gate) * up, a new tensor
+    T, I = gate.shape
+    assert up.shape == (T, I) and gate.stride(1) == up.stride(1) == 1 and gate.dtype == up.dtype == torch.float32
+    out = torch.empty(T, I, dtype=gate.dtype)
+    bind("elementwise", "silu_mul_f32", "pipipiiii")(
+        gate.data_ptr(), gate.stride(0), up.data_ptr(), up.stride(0), out.data_ptr(), I, T, I, torch.get_num_threads()
+    )
+    return out

@@ -436,17 +436,27 @@ static void outer(int mrw, int tv, const float *w, int64_t wstride, const float 
     for (int j = 0; j < mrw; j++) outer(1, tv, w + j * wstride, wstride, xT, tp, kc, outT + j * tp); /* tails */
 }
 
+/* A buffer of at least n floats, 64-byte aligned, kept by the calling thread and grown as needed: allocating
+   ~1 MiB per call let glibc's adaptive mmap threshold move these buffers onto the heap, where a long-running
+   server's RSS crept up (the soak test saw it). */
+static float *reusable(size_t n) {
+    static __thread float *buf = NULL;
+    static __thread size_t cap = 0;
+    if (n > cap) {
+        free(buf);
+        buf = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        cap = buf ? n : 0;
+    }
+    return buf;
+}
+
 /* out (T, N) for T rows of x at a time up to TCH: pack xT, then tiles of NTW outputs split across threads */
 static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t ws, float *out, int64_t os,
                          int64_t T, int64_t N, int64_t K, int type, int bb, dequant_fn deq, int64_t num_threads) {
-    const int64_t TPM = (TCH + VW - 1) / VW * VW;
-    float *xT = aligned_alloc(64, (size_t)(K * TPM) * sizeof(float));
-    float *scratch = aligned_alloc(64, (size_t)num_threads * (NTW * TPM + NTW * KCW) * sizeof(float));
-    if (!xT || !scratch) {
-        free(xT);
-        free(scratch);
-        return -4;
-    }
+    const int64_t TPM = (TCH + VW - 1) / VW * VW, per_thread = NTW * TPM + NTW * KCW;
+    float *xT = reusable((size_t)(K * TPM + num_threads * per_thread));
+    if (!xT) return -4;
+    float *scratch = xT + K * TPM;
     for (int64_t t0 = 0; t0 < T; t0 += TCH) {
         const int64_t tn = T - t0 < TCH ? T - t0 : TCH, tp = (tn + VW - 1) / VW * VW;
         for (int64_t k = 0; k < K; k++) {
@@ -456,7 +466,7 @@ static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t w
         }
         _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
         for (int64_t n0 = 0; n0 < N; n0 += NTW) {
-            float *outT = scratch + (int64_t)omp_get_thread_num() * (NTW * TPM + NTW * KCW), *wd = outT + NTW * TPM;
+            float *outT = scratch + (int64_t)omp_get_thread_num() * per_thread, *wd = outT + NTW * TPM;
             const int nn = N - n0 < NTW ? (int)(N - n0) : NTW;
             memset(outT, 0, sizeof(float) * (size_t)(nn * tp));
             for (int64_t k0 = 0; k0 < K; k0 += KCW) {
@@ -480,8 +490,6 @@ static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t w
                 for (int j = 0; j < nn; j++) out[(t0 + t) * os + n0 + j] = outT[j * tp + t];
         }
     }
-    free(xT);
-    free(scratch);
     return 0;
 }
 

@@ -16,6 +16,7 @@ from server.engine.scheduler import ScheduledChunk, SchedulerOutput
 from server.engine.sequence import TokenRouting
 from server.memory.device_pool import DevicePool
 from server.model.batch import AttentionBatch, ForwardStep, LoRAStep
+from server.model.step_plan import StepPlan
 from server.model.llama import LlamaForCausalLM
 from server.model.lora import add_lora, base_weights
 from server.structured.masks import apply_masks, start_masks
@@ -44,6 +45,8 @@ class ModelRunner:
         self.pool = pool
         self.adapters = adapters
         add_lora(model)
+        plan = StepPlan.build(model) if model.model.norm.weight.device.type == "cpu" else None
+        self.hidden_states = model.hidden_states if plan is None else plan.hidden_states  # same signature
         if adapters is not None:  # DoRA's page-in reads the base weights of this model
             adapters.base_weight = base_weights(model)
         self.last_lora: LoRAStep | None = None  # the latest step's adapter rows, for stats and tests
@@ -171,7 +174,7 @@ class ModelRunner:
         self.last_lora = self.lora_step(out) if self.adapters is not None else None
         sampling = [c for c in out.chunks if c.samples]
         masks = start_masks([c.seq.grammar for c in sampling])  # filled while the forward runs
-        hidden = self.model.hidden_states(input_ids, positions, ForwardStep(batch, self.last_lora), self.kv_cache)
+        hidden = self.hidden_states(input_ids, positions, ForwardStep(batch, self.last_lora), self.kv_cache)
         self._score_prompts(out, hidden)
         if not sampling:
             return []

@@ -119,8 +119,7 @@ class MLP(nn.Module):
 
     def forward(self, x, step: ForwardStep):
         gate, up = project_together(self.fused_gate_up, (self.gate_proj, self.up_proj), x, step)
-        h = F.silu(gate) * up
-        return project(self.down_proj, h, step)
+        return project(self.down_proj, ops.silu_mul(gate, up), step)
 
 
 class DecoderLayer(nn.Module):

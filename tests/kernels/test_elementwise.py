@@ -1,4 +1,4 @@
-"""RMSNorm (+ residual), rotary and the K/V store in C against their torch twins: rotary and the store bit
+"""RMSNorm (+ residual), rotary, the K/V store and silu(gate) * up in C against their torch twins: rotary and the store bit
 for bit, the norm up to summation order; strided inputs as the model hands them (fused q/k/v columns,
 cache pages inside the pool)."""
 
@@ -10,6 +10,7 @@ from kernels.cpu import elementwise
 from kernels.torch.kv_store import store_kv as store_twin
 from kernels.torch.rms_norm import add_rms_norm as norm_twin
 from kernels.torch.rotary import rotary_ as rotary_twin
+from kernels.torch.silu_mul import silu_mul as silu_twin
 
 needs_cc = pytest.mark.skipif(not elementwise.available(torch.zeros(1)), reason="no C compiler: the twins serve")
 TOKENS = [1, 7, 130]  # one decode row, a few, past the threshold where tokens split across threads
@@ -84,3 +85,12 @@ def test_ops_dispatch_matches_the_twins(T):
     bf = x.to(torch.bfloat16)  # not fp32: the twin serves
     torch.testing.assert_close(ops.add_rms_norm(bf, None, w.to(torch.bfloat16), 1e-6),
                                norm_twin(bf.clone(), None, w.to(torch.bfloat16), 1e-6))  # fmt: skip
+
+
+@needs_cc
+@pytest.mark.parametrize("T", TOKENS)
+def test_silu_mul_on_the_fused_gate_up_columns(T):
+    gu = torch.randn(T, 2 * 1536, generator=torch.Generator().manual_seed(T)) * 4  # (T, 2I), saturating values too
+    gate, up = gu.split(1536, dim=1)
+    torch.testing.assert_close(elementwise.silu_mul(gate, up), silu_twin(gate, up), rtol=2e-6, atol=1e-6)
+    torch.testing.assert_close(ops.silu_mul(gate, up), silu_twin(gate, up), rtol=2e-6, atol=1e-6)
