@@ -22,16 +22,23 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
+def resolve_dtype(dtype: str, device: str, weights: str = "fp32", model: str | None = "") -> str:
+    """auto: bfloat16 on CUDA, and on CPUs with native bf16 for dense weights (torch's bf16 GEMMs); float32
+    where the CPU matmul kernel serves the weights (GGUF blocks, bf16 weights; auto weights on a .gguf model,
+    the embedded default included): it computes in fp32 whatever the activations' dtype, so bf16 activations
+    would only add roundings and conversions, and the step plan runs fp32 steps."""
     if dtype != "auto":
         return dtype
-    return "bfloat16" if device == "cuda" or cpu_has_fast_bf16() else "float32"
+    if device == "cuda":
+        return "bfloat16"
+    kernel_weights = weights in ("gguf", "bf16") or (weights == "auto" and (model is None or model.endswith(".gguf")))
+    return "bfloat16" if cpu_has_fast_bf16() and not kernel_weights else "float32"
 
 
 @dataclass(slots=True)
 class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None = the embedded SmolLM2-135M-Instruct
-    dtype: str = "auto"  # bfloat16 on CUDA and on CPUs with native bf16 (AMX), else float32
+    dtype: str = "auto"  # resolve_dtype: float32 for the CPU kernel's weights, bfloat16 on CUDA or with native bf16
     # weight precision: "gguf" serves a .gguf model's Q8_0/Q4_0/Q4_1 blocks as they are (activations stay in
     # fp32); "fp32" dequantizes every weight to the compute dtype; "bf16" rounds the matmul weights to bfloat16
     # (CPU: fp32 activations, fp32 accumulation, half the bytes per step); "auto" = gguf for a .gguf model on CPUs
@@ -74,6 +81,6 @@ class EngineConfig:
             raise ValueError(f"eviction must be one of {EVICTION_POLICIES}, got {self.eviction!r}")
         if self.adapter_cache_mb < 0:
             raise ValueError("adapter_cache_mb must be non-negative")
-        self.dtype = resolve_dtype(self.dtype, self.device)
+        self.dtype = resolve_dtype(self.dtype, self.device, self.weights, self.model)
         if self.cache_dir is None:
             self.cache_dir = default_cache_dir()

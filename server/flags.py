@@ -66,7 +66,8 @@ def _add_server_flags(f: _Flags, host_help: str, port_help: str) -> None:
           metavar="NAME=KIND")
     f.add("--host", host_help, default="127.0.0.1", metavar="ADDR")
     f.add("--port", port_help, type=int, default=8000, metavar="PORT")
-    f.add("--dtype", "compute dtype; auto = bfloat16 on CUDA and on CPUs with native bf16, else float32",
+    f.add("--dtype", "compute dtype; auto = float32 where the CPU matmul kernel serves the weights (gguf, bf16, "
+          "auto on a .gguf model), bfloat16 on CUDA and on CPUs with native bf16, else float32",
           choices=["auto", "bfloat16", "float32"], default="auto")
     f.add("--weights", "weight precision: gguf = a .gguf model's own Q8_0/Q4_0/Q4_1 blocks (matmuls dequantize "
           "them on the fly, activations stay fp32), fp32 = every weight dequantized to the compute dtype, "
