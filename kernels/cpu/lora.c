@@ -9,7 +9,8 @@
 
 #include "bf16.h"
 
-#define MAX_IN 65536  /* x row buffer on the stack: 256 KiB */
+#define MAX_IN 65536 /* x rows on the stack: at most 256 KiB */
+#define ROWS 8       /* rows of a group that share each read of A and B, when 8 x rows fit the 256 KiB */
 #define MAX_RANK 256
 
 /* rows (n,): token row of each grouped row; table (G, 3): group g owns rows[start:end] and has rank r;
@@ -33,25 +34,35 @@
             const int64_t start = table[3 * g], end = table[3 * g + 1], r = table[3 * g + 2];      \
             const int64_t ao = a_off[slots[g] * off_stride], bo = b_off[slots[g] * off_stride];    \
             if (ao < 0 || bo < 0 || end - start > max_rows) continue;                              \
-            float xf[d_in], y[MAX_RANK];                                                           \
             const T *A = pool + ao, *B = pool + bo;                                                \
-            for (int64_t i = start; i < end; i++) {                                                  \
-                const float w = row_w ? row_w[rows[i]] * scales[g] : scales[g];                    \
-                if (w == 0.f) continue;                                                            \
-                const T *xr = x + rows[i] * ldx;                                                   \
-                T *orow = out + rows[i] * ldo;                                                     \
-                for (int64_t k = 0; k < d_in; k++) xf[k] = LOAD(xr[k]);                            \
+            /* ROWS rows at a time share every row of A and B read (prefill chunks: many rows per group) */ \
+            const int64_t rt = d_in * ROWS <= MAX_IN ? ROWS : 1;                                   \
+            for (int64_t i0 = start; i0 < end; i0 += rt) {                                          \
+                float xf[rt][d_in], y[ROWS][MAX_RANK], w[ROWS];                                    \
+                int64_t at[ROWS];                                                                  \
+                int n = 0;                                                                         \
+                for (int64_t i = i0; i < end && i < i0 + rt; i++) {                                \
+                    w[n] = row_w ? row_w[rows[i]] * scales[g] : scales[g];                         \
+                    if (w[n] == 0.f) continue;                                                     \
+                    const T *xr = x + rows[i] * ldx;                                               \
+                    for (int64_t k = 0; k < d_in; k++) xf[n][k] = LOAD(xr[k]);                     \
+                    at[n++] = rows[i];                                                             \
+                }                                                                                  \
                 for (int64_t j = 0; j < r; j++) {                                                  \
                     const T *a = A + j * d_in;                                                     \
-                    float s = 0.f;                                                                 \
-                    for (int64_t k = 0; k < d_in; k++) s += LOAD(a[k]) * xf[k];                    \
-                    y[j] = s * w;                                                                  \
+                    for (int q = 0; q < n; q++) {                                                  \
+                        float s = 0.f;                                                             \
+                        for (int64_t k = 0; k < d_in; k++) s += LOAD(a[k]) * xf[q][k];             \
+                        y[q][j] = s * w[q];                                                        \
+                    }                                                                              \
                 }                                                                                  \
                 for (int64_t o = 0; o < d_out; o++) {                                              \
                     const T *b = B + o * r;                                                        \
-                    float s = 0.f;                                                                 \
-                    for (int64_t j = 0; j < r; j++) s += LOAD(b[j]) * y[j];                        \
-                    STORE_ADD(orow[o], s);                                                         \
+                    for (int q = 0; q < n; q++) {                                                  \
+                        float s = 0.f;                                                             \
+                        for (int64_t j = 0; j < r; j++) s += LOAD(b[j]) * y[q][j];                 \
+                        STORE_ADD(out[at[q] * ldo + o], s);                                        \
+                    }                                                                              \
                 }                                                                                  \
             }                                                                                      \
         }                                                                                          \
