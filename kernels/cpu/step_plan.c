@@ -1,5 +1,5 @@
 /* Every decoder layer of a step in one call: the same C kernels the model's Python path calls
-   (quant_matmul.c, elementwise.c, paged_attention.c, lora.c), in the same order on the same buffers, driven
+   (quant_matmul.c, elementwise.c, paged_attention.c, lora.c, arrow.c, dora.c), in the same order on the same buffers, driven
    from here instead of ~15 Python calls a layer. At one decode row those calls cost more than the
    arithmetic. The kernels live in their own libraries, built with their own flags, so they come in as
    function pointers and compute exactly what they compute when Python calls them. */
@@ -22,6 +22,10 @@ typedef int (*prefill_fn)(const float *, const float *, const float *, int64_t, 
 typedef int (*lora_fn)(const float *, int64_t, float *, int64_t, const float *, int64_t, int64_t, int64_t,
                        const int64_t *, const int64_t *, const float *, const int64_t *, const int64_t *,
                        const int64_t *, int64_t, int64_t, int64_t, const float *);
+typedef int (*arrow_fn)(const float *, int64_t, float *, int64_t, const float *, int64_t, int64_t, const int64_t *,
+                        const int64_t *, const int64_t *, int64_t, const int32_t *, const float *, int64_t, int64_t,
+                        const int64_t *, const int64_t *, const float *, const int64_t *, const float *, int64_t);
+typedef int (*dora_fn)(float *, int64_t, const float *, int64_t, int64_t, const int32_t *, const int64_t *, int64_t);
 typedef void (*silu_mul_fn)(const float *, int64_t, const float *, int64_t, float *, int64_t, int64_t, int64_t,
                             int64_t);
 
@@ -34,6 +38,8 @@ struct kernels {
     prefill_fn prefill;
     lora_fn lora;
     silu_mul_fn silu_mul;
+    arrow_fn arrow;
+    dora_fn dora;
 };
 
 enum { QKV, O, GATE_UP, DOWN, N_MATS };
@@ -63,28 +69,48 @@ struct step {
     const int32_t *ctx;       /* (T - P,) */
     int64_t table_stride, page_stride, slot_stride, bs, num_pages;
     float *h, *qkv, *q, *attn, *o, *gu, *act, *down; /* scratch */
-    /* LoRA rows (n_groups 0: none), as lora.c takes them; offsets (slots, layers, N_MODULES) */
-    int64_t n_groups, n_layers;
+    /* LoRA rows (n_groups 0: none), as lora.c takes them; offsets (slots, layers, N_MODULES). A mixture's
+       groups share token rows (rows are its entries' token rows), so lora.c then runs on lora_threads = 1. */
+    int64_t n_groups, n_layers, lora_threads;
     const int64_t *rows, *table, *group_slots, *a_off, *b_off;
     const float *scales, *pool;
+    const int64_t *targeted; /* (n_layers,) bit m: some slot targets module m there (LoRAStep.targeted) */
+    /* per-token Arrow rows (ar_R 0: none), as arrow.c takes them; proto_off (slots, layers, N_MODULES) */
+    int64_t ar_R, ar_C;
+    const int64_t *proto_off, *ar_rows, *ar_cand_slots, *ar_top_k;
+    const int32_t *ar_ranks;
+    const float *ar_scalings, *ar_levels, *ar_inv_temp;
+    /* DoRA rows (scale_off NULL: none): dora.c's rescale; scale_off (slots, layers, N_MODULES) */
+    const int32_t *row_slots; /* (T,) */
+    const int64_t *scale_off;
 };
 
+/* LoRALinear.add_delta's order at one wrapped projection: lora.c, then arrow.c, then dora.c's rescale
+   (the plan drives bias-free projections only, so there is no bias to take out first) */
 static int lora(const struct kernels *k, const struct step *s, int64_t layer, int module, const float *x,
                 int64_t ldx, float *out, int64_t ldo, int64_t d_in, int64_t d_out) {
     const int64_t at = layer * N_MODULES + module, stride = s->n_layers * N_MODULES;
-    return k->lora(x, ldx, out, ldo, s->pool, d_in, d_out, s->n_groups, s->rows, s->table, s->scales, s->group_slots,
-                   s->a_off + at, s->b_off + at, stride, INT64_MAX, s->num_threads, NULL);
+    int st = k->lora(x, ldx, out, ldo, s->pool, d_in, d_out, s->n_groups, s->rows, s->table, s->scales,
+                     s->group_slots, s->a_off + at, s->b_off + at, stride, INT64_MAX, s->lora_threads, NULL);
+    if (st) return st;
+    if (s->ar_R && (st = k->arrow(x, ldx, out, ldo, s->pool, d_in, d_out, s->proto_off + at, s->a_off + at,
+                                  s->b_off + at, stride, s->ar_ranks, s->ar_scalings, s->ar_R, s->ar_C, s->ar_rows,
+                                  s->ar_cand_slots, s->ar_levels, s->ar_top_k, s->ar_inv_temp, s->num_threads)))
+        return -100 + st;
+    if (s->scale_off && (st = k->dora(out, ldo, s->pool, d_out, s->T, s->row_slots, s->scale_off + at, stride)))
+        return -200 + st;
+    return 0;
 }
 
 /* 0, or the failing kernel's status (matmul -1..-4 as quant_matmul.c, -10 + store's, -20 + decode attention's,
-   -30 + lora's, -40 + prefill attention's), with the layer in *failed_layer */
+   -30 + lora's, -130 + arrow's, -230 + dora's, -40 + prefill attention's), with the layer in *failed_layer */
 int run_layers(const struct kernels *k, const struct layer *layers, const struct cache *caches, int64_t n_layers,
                   const struct step *s, int64_t *failed_layer) {
     const int64_t T = s->T, D = s->D, nq = s->H * s->hd, nkv = s->kvh * s->hd, nqkv = nq + 2 * nkv, I = s->inter;
     const int64_t width[N_MATS] = {nqkv, D, 2 * I, D}, depth[N_MATS] = {D, nq, D, I};
     for (int64_t l = 0; l < n_layers; l++) {
         const struct layer *L = layers + l;
-        const int lw = s->n_groups > 0 ? (int)L->lora_wrapped : 0;
+        const int lw = s->targeted ? (int)(L->lora_wrapped & s->targeted[l]) : 0;
         int st = 0;
         *failed_layer = l;
 #define MATMUL(M, X, OUT) k->matmul(X, depth[M], L->w[M], L->ws[M], OUT, width[M], T, width[M], depth[M], L->type[M], -1, 4, s->num_threads)

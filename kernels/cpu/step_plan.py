@@ -11,7 +11,8 @@ N_MATS, N_MODULES = 4, 7  # qkv, o, gate_up, down; q, k, v, o, gate, up, down
 
 
 class Kernels(ctypes.Structure):
-    _fields_ = [(n, P) for n in ("matmul", "norm", "rotary", "store", "attend", "prefill", "lora", "silu_mul")]
+    _fields_ = [(n, P) for n in ("matmul", "norm", "rotary", "store", "attend", "prefill", "lora", "silu_mul", "arrow",
+                                     "dora")]
 
 
 class Layer(ctypes.Structure):
@@ -32,8 +33,11 @@ class Step(ctypes.Structure):
         *((n, P) for n in ("p_tables", "p_cu", "p_ctx", "tables", "ctx")),
         *((n, I64) for n in ("table_stride", "page_stride", "slot_stride", "bs", "num_pages")),
         *((n, P) for n in ("h", "qkv", "q", "attn", "o", "gu", "act", "down")),
-        *((n, I64) for n in ("n_groups", "n_layers")),
-        *((n, P) for n in ("rows", "table", "group_slots", "a_off", "b_off", "scales", "pool")),
+        *((n, I64) for n in ("n_groups", "n_layers", "lora_threads")),
+        *((n, P) for n in ("rows", "table", "group_slots", "a_off", "b_off", "scales", "pool", "targeted")),
+        *((n, I64) for n in ("ar_R", "ar_C")),
+        *((n, P) for n in ("proto_off", "ar_rows", "ar_cand_slots", "ar_top_k", "ar_ranks", "ar_scalings", "ar_levels",
+                           "ar_inv_temp", "row_slots", "scale_off")),
     ]
 
 
@@ -46,6 +50,8 @@ _SOURCES = {  # field: (library, symbol)
     "prefill": ("paged_attention", "paged_prefill_f32"),
     "lora": ("lora", "lora_apply_f32"),
     "silu_mul": ("elementwise", "silu_mul_f32"),
+    "arrow": ("arrow", "arrow_apply_f32"),
+    "dora": ("dora", "dora_rescale_f32"),
 }
 
 

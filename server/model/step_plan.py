@@ -4,10 +4,12 @@ At one decode row a layer's ~15 Python calls (module calls, argument checks, cty
 its matmuls on GGUF blocks. The plan reads the model once: each layer's fused q/k/v and gate/up, o and down
 (QuantLinears, also for dense fp32 weights), its norms and which projections are wrapped for LoRA; per step
 it hands over the step's tensors, and the same kernels run in the same order as in the model's forward.
-Prefill chunks and decode rows both (the same two attention kernels as Attention.forward). A step with a
-routing capture, mixtures, per-token Arrow or DoRA rows, or a model it cannot read goes through the model's
-forward as before, which is also what tests compare the plan against. LoRA groups of any size take lora.c
-here (the forward hands groups of more than 8 rows to a GEMM pair): equal up to summation order.
+Prefill chunks and decode rows both (the same two attention kernels as Attention.forward). At each wrapped
+projection the step's adapter rows as LoRALinear.add_delta orders them: lora.c (plain rows, or a mixture's
+(row, slot) entries), arrow.c (rows routed per token), dora.c's rescale. A step with a routing capture, or a
+model it cannot read, goes through the model's forward as before, which is also what tests compare the plan
+against. LoRA groups of any size take lora.c here (the forward hands groups of more than 8 rows to a GEMM
+pair, and a mixture's entries to a gather and index_add): equal up to summation order.
 """
 
 import ctypes
@@ -82,10 +84,7 @@ class StepPlan:
         if step.capture is not None:
             return False
         lora = step.lora
-        return lora is None or (
-            lora.info.entry_rows is None and lora.arrow is None and lora.scale_offsets is None
-            and lora.pool_flat.dtype == torch.float32 and lora.a_offsets.device.type == "cpu"
-        )  # fmt: skip
+        return lora is None or (lora.pool_flat.dtype == torch.float32 and lora.a_offsets.device.type == "cpu")
 
     def _cache_array(self, kv_cache: KVCache) -> ctypes.Array:
         if self._caches is None or self._caches[0] != id(kv_cache):
@@ -125,13 +124,33 @@ class StepPlan:
             tables, ctx = _int32_rows(batch.decode_block_tables), batch.decode_context_lens
             assert ctx.dtype == torch.int32 and ctx.is_contiguous()
             s.tables, s.table_stride, s.ctx = tables.data_ptr(), tables.stride(0), ctx.data_ptr()
-        lora = step.lora
-        if lora is not None:
-            groups = lora.info.row_groups()
-            assert lora.a_offsets.is_contiguous() and lora.b_offsets.is_contiguous()
-            assert lora.a_offsets.shape[1:] == (self.n_layers, c.N_MODULES)
-            s.n_groups, s.rows, s.table = len(groups.spans), groups.rows.data_ptr(), groups.table.data_ptr()
-            s.group_slots, s.scales = groups.slots.data_ptr(), groups.group_scalings.data_ptr()
-            s.a_off, s.b_off, s.pool = lora.a_offsets.data_ptr(), lora.b_offsets.data_ptr(), lora.pool_flat.data_ptr()
+        made = self._lora_fields(s, step.lora) if step.lora is not None else ()
         c.run_layers(self.kernels, self.layers, self._cache_array(kv_cache), self.n_layers, s)
+        del made  # the step's pointers into them were live until here
         return m.model.norm(x)
+
+    def _lora_fields(self, s: c.Step, lora) -> tuple:
+        """The step's adapter rows into s; returns the tensors made here, to keep alive through the C call."""
+        groups = lora.info.row_groups()
+        offs = [lora.a_offsets, lora.b_offsets, lora.proto_offsets, lora.scale_offsets]
+        assert all(t is None or (t.is_contiguous() and t.shape[1:] == (self.n_layers, c.N_MODULES)) for t in offs)
+        rows, s.lora_threads = groups.rows, s.num_threads
+        if lora.info.entry_rows is not None:  # mixture entries: token rows shared across groups, one thread
+            rows, s.lora_threads = lora.info.entry_rows[groups.rows].contiguous(), 1  # (n,)
+        targeted = torch.tensor([sum(1 << m for m, t in enumerate(row) if t) for row in lora.targeted])  # (L,)
+        s.n_groups, s.rows, s.table = len(groups.spans), rows.data_ptr(), groups.table.data_ptr()
+        s.group_slots, s.scales = groups.slots.data_ptr(), groups.group_scalings.data_ptr()
+        s.targeted = targeted.data_ptr()
+        s.a_off, s.b_off, s.pool = lora.a_offsets.data_ptr(), lora.b_offsets.data_ptr(), lora.pool_flat.data_ptr()
+        arrow = lora.arrow
+        if arrow is not None and arrow.rows.numel():
+            s.ar_R, s.ar_C = arrow.cand_slots.shape
+            assert arrow.cand_slots.is_contiguous() and arrow.levels.is_contiguous()
+            s.proto_off, s.ar_rows = lora.proto_offsets.data_ptr(), arrow.rows.data_ptr()
+            s.ar_cand_slots, s.ar_top_k = arrow.cand_slots.data_ptr(), arrow.top_k.data_ptr()
+            s.ar_levels, s.ar_inv_temp = arrow.levels.data_ptr(), arrow.inv_temperature.data_ptr()
+            s.ar_ranks, s.ar_scalings = arrow.entries.ranks.data_ptr(), arrow.entries.scalings.data_ptr()
+        if lora.scale_offsets is not None:
+            assert lora.info.entry_rows is None and lora.info.row_slots.dtype == torch.int32
+            s.row_slots, s.scale_off = lora.info.row_slots.data_ptr(), lora.scale_offsets.data_ptr()
+        return rows, targeted
