@@ -1,7 +1,7 @@
 """The CPU matmul kernel's paths side by side on one model's projection shapes (kernels/cpu/quant_matmul.c):
-the path an isa names (registers for few rows, else tiled), the default one (isa -1: registers for few rows,
-the packed outer-product path from 16 rows on AVX-512 / 8 on AVX2) and, for dense fp32, torch's GEMM, at
-each row count and thread count. Same run, best of N each.
+the default (isa -1: the register path up to GEMV_MAX_ROWS rows, the packed outer-product path from 16 rows on
+AVX-512 / 8 on AVX2, the tiled one between), the register and tiled paths by name (best isa), and for dense
+fp32 torch's GEMM, at each row count and thread count. Same run, best of N each.
 
     python -m bench.quant_matmul --out bench/results/quant_matmul_packed.json
 """
@@ -47,10 +47,11 @@ def measure(qtype: int, rows: int, threads: int, repeats: int) -> dict:
     weights = [blocks_for(qtype, n, k) for n, k in SHAPES]
     xs = [torch.randn(rows, k) for _, k in SHAPES]
     best = cpu_quant.best_isa()
-    paths = {
-        "registers" if rows <= cpu_quant.GEMV_MAX_ROWS else "tiled": lambda x, b: cpu_quant.run(x, b, qtype, isa=best),
-        "default": lambda x, b: cpu_quant.run(x, b, qtype, isa=-1),
-    }
+    paths = {"default": lambda x, b: cpu_quant.run(x, b, qtype, isa=-1)}
+    if rows <= 16:  # where the register path's limit (GEMV_MAX_ROWS) is chosen
+        paths["registers"] = lambda x, b: cpu_quant.run(x, b, qtype, isa=best, gemv_rows=64)
+    if rows > 1:
+        paths["tiled"] = lambda x, b: cpu_quant.run(x, b, qtype, isa=best, gemv_rows=0)
     if qtype == F32:
         dense = [dequantize(b, F32) for b in weights]
         paths["torch_gemm"] = None

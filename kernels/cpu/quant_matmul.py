@@ -10,12 +10,14 @@ import torch
 from kernels.cpu.build import bind, load, ptr
 from kernels.torch.quant_matmul import BLOCK, BLOCK_BYTES, check_inputs
 
-# Up to this many rows of x share each block dequantized in registers (decode); more rows go
-# through a dequantized tile reused by all of them.
-GEMV_MAX_ROWS = 4
+# Up to this many rows of x take the register path (each block dequantized in registers for 4 rows at a time,
+# the weight row re-read from L1 for the next 4); more rows the tiled path, or from 16 rows (8 on AVX2) the
+# packed one. Measured here at 5-15 rows, SmolLM2's shapes: registers 1.1-1.3x the tiled path up to 8 rows
+# (dense fp32; equal on Q4_1), slower from 10 (bench/quant_matmul.py).
+GEMV_MAX_ROWS = 8
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
 # Dense fp32 weights (type F32) take this kernel up to this many rows of x, torch's GEMM beyond. Measured on
-# the 2-core AVX-512 host, SmolLM2's shapes, one run under load from other jobs (/tmp-free: bench/results/
+# the 2-core AVX-512 host, SmolLM2's shapes, one run under load from other jobs (bench/results/
 # quant_matmul_packed.json): the packed outer-product path 1.3-2.6x torch's GEMM at 16-2048 rows, 1 and 2
 # threads, so every step of the default 2048-token budget stays here.
 F32_MAX_ROWS = 4096
