@@ -83,7 +83,10 @@
     }
 
 /* Fused: weights, then out[row] += sum over chosen c of w_c * scale_c * B_c (A_c x) read in place from
-   the pool; one routed row per iteration (rows are distinct, so threads write disjoint rows). */
+   the pool. Rows go in blocks of ROWS (a prefill chunk's rows share their candidates): the rows of a block
+   that chose the same slot in candidate column c share every read of its A and B, and each row still
+   sums its candidates in column order. Blocks hold disjoint rows, so threads write disjoint rows. */
+#define ROWS 8
 #define ARROW_APPLY(NAME, ROW, T, LOAD, STORE)                                                       \
     int NAME(const T *x, int64_t ldx, T *out, int64_t ldo, const T *pool, int64_t d_in,             \
              int64_t d_out, const int64_t *proto_off, const int64_t *a_off, const int64_t *b_off,   \
@@ -92,36 +95,72 @@
              const int64_t *rows, const int64_t *cand_slots, const float *levels,                   \
              const int64_t *top_k, const float *inv_temp, int64_t num_threads) {                    \
         if (C > MAX_CANDIDATES || d_in > MAX_FEATURES || d_out > MAX_FEATURES) return -1;            \
-        _Pragma("omp parallel for schedule(dynamic, 4) num_threads(num_threads) if (R > 8)")        \
-        for (int64_t r = 0; r < R; r++) {                                                           \
-            const T *xr = x + rows[r] * ldx;                                                        \
-            const int64_t *slots = cand_slots + r * C;                                              \
-            float w[MAX_CANDIDATES], xf[d_in], acc[d_out], y[MAX_RANK];                             \
-            ROW(xr, pool, d_in, proto_off, ld_off, slots, levels ? levels + r * C : 0, C, top_k[r], inv_temp[r], \
-                w);                                                                                 \
-            for (int64_t k = 0; k < d_in; k++) xf[k] = LOAD(xr[k]);                                 \
-            for (int64_t o = 0; o < d_out; o++) acc[o] = 0.f;                                       \
+        /* x rows and accumulators on the stack: at most 2 * MAX_FEATURES floats a block, as one row before */ \
+        const int64_t rt = (d_in + d_out) * ROWS <= 2 * MAX_FEATURES ? ROWS : 1;                    \
+        const int64_t n_blocks = (R + rt - 1) / rt;                                                 \
+        _Pragma("omp parallel for schedule(dynamic, 1) num_threads(num_threads) if (n_blocks > 1)") \
+        for (int64_t blk = 0; blk < n_blocks; blk++) {                                              \
+            const int64_t r0 = blk * rt, n = R - r0 < rt ? R - r0 : rt;                             \
+            float w[ROWS][MAX_CANDIDATES], xf[rt][d_in], acc[rt][d_out], y[ROWS][MAX_RANK], coef[ROWS]; \
+            int members[ROWS];                                                                      \
+            for (int64_t q = 0; q < n; q++) {                                                       \
+                const T *xr = x + rows[r0 + q] * ldx;                                               \
+                ROW(xr, pool, d_in, proto_off, ld_off, cand_slots + (r0 + q) * C, levels ? levels + (r0 + q) * C : 0, \
+                    C, top_k[r0 + q], inv_temp[r0 + q], w[q]);                                      \
+                for (int64_t k = 0; k < d_in; k++) xf[q][k] = LOAD(xr[k]);                          \
+                for (int64_t o = 0; o < d_out; o++) acc[q][o] = 0.f;                                \
+            }                                                                                       \
             for (int64_t c = 0; c < C; c++) {                                                       \
-                const int64_t slot = slots[c];                                                      \
-                if (w[c] == 0.f || slot < 0 || a_off[slot * ld_off] < 0 || b_off[slot * ld_off] < 0) continue; \
-                const int64_t rank = ranks[slot] < MAX_RANK ? ranks[slot] : MAX_RANK;               \
-                const T *A = pool + a_off[slot * ld_off], *B = pool + b_off[slot * ld_off];         \
-                const float coef = w[c] * scalings[slot];                                           \
-                for (int64_t j = 0; j < rank; j++) {                                                \
-                    const T *a = A + j * d_in;                                                      \
-                    float s = 0.f;                                                                  \
-                    for (int64_t k = 0; k < d_in; k++) s += LOAD(a[k]) * xf[k];                     \
-                    y[j] = s * coef;                                                                \
-                }                                                                                   \
-                for (int64_t o = 0; o < d_out; o++) {                                               \
-                    const T *b = B + o * rank;                                                      \
-                    float s = 0.f;                                                                  \
-                    for (int64_t j = 0; j < rank; j++) s += LOAD(b[j]) * y[j];                      \
-                    acc[o] += s;                                                                    \
+                int done[ROWS] = {0};                                                               \
+                for (int64_t lead = 0; lead < n; lead++) { /* each distinct slot of column c once */  \
+                    const int64_t slot = cand_slots[(r0 + lead) * C + c];                           \
+                    if (done[lead]) continue;                                                       \
+                    int m = 0;                                                                      \
+                    for (int64_t q = lead; q < n; q++)                                              \
+                        if (!done[q] && cand_slots[(r0 + q) * C + c] == slot) {                     \
+                            done[q] = 1;                                                            \
+                            if (w[q][c] != 0.f) members[m++] = (int)q;                              \
+                        }                                                                           \
+                    if (m == 0 || slot < 0 || a_off[slot * ld_off] < 0 || b_off[slot * ld_off] < 0) continue; \
+                    const int64_t rank = ranks[slot] < MAX_RANK ? ranks[slot] : MAX_RANK;           \
+                    const T *A = pool + a_off[slot * ld_off], *B = pool + b_off[slot * ld_off];     \
+                    for (int i = 0; i < m; i++) coef[i] = w[members[i]][c] * scalings[slot];        \
+                    for (int64_t j = 0; j < rank; j++) {                                            \
+                        const T *a = A + j * d_in;                                                  \
+                        for (int i = 0; i < m; i++) {                                               \
+                            const float *xq = xf[members[i]];                                       \
+                            float s = 0.f;                                                          \
+                            for (int64_t k = 0; k < d_in; k++) s += LOAD(a[k]) * xq[k];             \
+                            y[i][j] = s * coef[i];                                                  \
+                        }                                                                           \
+                    }                                                                               \
+                    if (m > 1 && rank * d_out <= MAX_FEATURES) { /* B^T once, then axpys along o */    \
+                        float bt[rank * d_out];                                                     \
+                        for (int64_t o = 0; o < d_out; o++)                                         \
+                            for (int64_t j = 0; j < rank; j++) bt[j * d_out + o] = LOAD(B[o * rank + j]); \
+                        for (int i = 0; i < m; i++) {                                               \
+                            float *ai = acc[members[i]];                                            \
+                            for (int64_t j = 0; j < rank; j++) {                                    \
+                                const float yj = y[i][j], *bj = bt + j * d_out;                     \
+                                for (int64_t o = 0; o < d_out; o++) ai[o] += bj[o] * yj;            \
+                            }                                                                       \
+                        }                                                                           \
+                        continue;                                                                   \
+                    }                                                                               \
+                    for (int64_t o = 0; o < d_out; o++) {                                           \
+                        const T *b = B + o * rank;                                                  \
+                        for (int i = 0; i < m; i++) {                                               \
+                            float s = 0.f;                                                          \
+                            for (int64_t j = 0; j < rank; j++) s += LOAD(b[j]) * y[i][j];           \
+                            acc[members[i]][o] += s;                                                \
+                        }                                                                           \
+                    }                                                                               \
                 }                                                                                   \
             }                                                                                       \
-            T *orow = out + rows[r] * ldo;                                                          \
-            for (int64_t o = 0; o < d_out; o++) orow[o] = STORE(LOAD(orow[o]) + acc[o]);            \
+            for (int64_t q = 0; q < n; q++) {                                                       \
+                T *orow = out + rows[r0 + q] * ldo;                                                 \
+                for (int64_t o = 0; o < d_out; o++) orow[o] = STORE(LOAD(orow[o]) + acc[q][o]);     \
+            }                                                                                       \
         }                                                                                           \
         return 0;                                                                                   \
     }
