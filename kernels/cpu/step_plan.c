@@ -57,7 +57,7 @@ struct cache { /* fixed for an engine's KV cache: one layer's pages */
 };
 
 struct step {
-    int64_t T, D, H, kvh, hd, inter, num_threads;
+    int64_t T, D, H, kvh, hd, inter, num_threads, gemv_rows; /* gemv_rows: quant_matmul.py GEMV_MAX_ROWS */
     float eps, scale;
     float *x;                 /* (T, D) residual stream, updated in place */
     const float *cos, *sin;   /* (T, hd) */
@@ -113,7 +113,7 @@ int run_layers(const struct kernels *k, const struct layer *layers, const struct
         const int lw = s->targeted ? (int)(L->lora_wrapped & s->targeted[l]) : 0;
         int st = 0;
         *failed_layer = l;
-#define MATMUL(M, X, OUT) k->matmul(X, depth[M], L->w[M], L->ws[M], OUT, width[M], T, width[M], depth[M], L->type[M], -1, 4, s->num_threads)
+#define MATMUL(M, X, OUT) k->matmul(X, depth[M], L->w[M], L->ws[M], OUT, width[M], T, width[M], depth[M], L->type[M], -1, s->gemv_rows, s->num_threads)
         k->norm(s->x, D, NULL, 0, L->norm_in, s->h, D, T, D, s->eps, s->num_threads);
         if ((st = MATMUL(QKV, s->h, s->qkv))) return st;
         const int64_t part_col[3] = {0, nq, nq + nkv}, part_width[3] = {nq, nkv, nkv};

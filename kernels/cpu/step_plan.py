@@ -26,7 +26,7 @@ class Cache(ctypes.Structure):
 
 class Step(ctypes.Structure):
     _fields_ = [
-        *((n, I64) for n in ("T", "D", "H", "kvh", "hd", "inter", "num_threads")),
+        *((n, I64) for n in ("T", "D", "H", "kvh", "hd", "inter", "num_threads", "gemv_rows")),
         ("eps", F), ("scale", F),
         *((n, P) for n in ("x", "cos", "sin", "slots")),
         *((n, I64) for n in ("P", "S", "p_table_stride", "p_max_blocks")),

@@ -18,6 +18,7 @@ import os
 import torch
 from torch import nn
 
+from kernels.cpu import quant_matmul as cpu_quant
 from kernels.cpu import step_plan as c
 from server.model.batch import ForwardStep
 from server.model.fused import FusedProjections
@@ -109,6 +110,7 @@ class StepPlan:
         scratch = torch.empty(T * sum(sizes), dtype=torch.float32).split([T * s for s in sizes])
         s = c.Step(
             T=T, D=D, H=self.H, kvh=self.kvh, hd=self.hd, inter=inter, num_threads=torch.get_num_threads(),
+            gemv_rows=cpu_quant.GEMV_MAX_ROWS,
             eps=self.eps, scale=self.hd**-0.5, x=x.data_ptr(), cos=cos.data_ptr(), sin=sin.data_ptr(),
             slots=slots.data_ptr(), P=P, page_stride=k0.stride(0), slot_stride=k0.stride(1), bs=k0.shape[1], num_pages=k0.shape[0],
             h=scratch[0].data_ptr(), qkv=scratch[1].data_ptr(), q=scratch[2].data_ptr(), attn=scratch[3].data_ptr(),
