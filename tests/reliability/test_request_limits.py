@@ -54,10 +54,12 @@ def test_a_megabyte_of_tiny_prompts_is_refused_before_any_per_prompt_work(rserve
 
 
 async def _first_chunk(client: httpx.AsyncClient, body: dict) -> tuple[httpx.Response, object]:
+    """The stream, open, after its first event. The line iterator is kept on the response: once collected,
+    an async generator is closed, and closing it closes the stream (the server then aborts the request)."""
     ctx = client.stream("POST", "/v1/completions", json={**body, "stream": True})
     r = await ctx.__aenter__()
-    lines = r.aiter_lines()
-    async for line in lines:
+    r.lines = r.aiter_lines()
+    async for line in r.lines:
         if line.startswith("data: "):
             break
     return r, ctx
