@@ -314,7 +314,9 @@ int paged_prefill_bf16(const uint16_t *q, const uint16_t *k_cache, const uint16_
 /* One task per (sequence, kv head) as above, but each query head's q and accumulator stay in registers
    (NVH vectors) while the task walks the pages, a chunk of keys at a time with an online softmax: no
    scores buffer, no per-key loads and stores of the accumulator. K and V chunks are read once from memory
-   for the first query head of the group and from L1 for the others. */
+   for the first query head of the group and from L1 for the others; the next page's rows are prefetched
+   while a page is read (pages lie anywhere in the pool, beyond the prefetchers' reach: 30 layers of 64
+   sequences x 250 keys took 36-38 ms without, 27.5 ms with, on the 2-core host). */
 #define DEC_KEYS 64 /* keys per chunk: scores on the stack, exps vectorised over them */
 
 static inline vec loadv_f32(const float *p) {
@@ -347,6 +349,15 @@ static inline float hsum(vec v) { /* -ffast-math: the compiler reduces it as a t
         }                                                                                           \
         for (int64_t t0 = 0; t0 < L; t0 += bs) {                                                    \
             const int64_t page = (int64_t)table[t0 / bs] * page_stride, end = L < t0 + bs ? L : t0 + bs; \
+            if (t0 + bs < L) { /* the next page's rows of this head: pages lie anywhere in the pool */ \
+                const int64_t next = (int64_t)table[t0 / bs + 1] * page_stride;                     \
+                const int64_t n = L - t0 - bs < bs ? L - t0 - bs : bs;                              \
+                for (int64_t t = 0; t < n; t++)                                                     \
+                    for (int64_t c = 0; c < HD * (int64_t)sizeof(T); c += 64) {                     \
+                        __builtin_prefetch((const char *)(k_cache + next + t * kvh * HD) + c);      \
+                        __builtin_prefetch((const char *)(v_cache + next + t * kvh * HD) + c);      \
+                    }                                                                               \
+            }                                                                                       \
             for (int64_t c0 = t0; c0 < end; c0 += DEC_KEYS) {                                       \
                 const int64_t n = end - c0 < DEC_KEYS ? end - c0 : DEC_KEYS;                        \
                 const T *kp = k_cache + page + (c0 - t0) * kvh * HD, *vp = v_cache + page + (c0 - t0) * kvh * HD; \
