@@ -67,10 +67,12 @@ def silu_mul(
     gate: torch.Tensor,  # (T, I), rows contiguous (a column view of the fused gate/up output)
     up: torch.Tensor,  # (T, I)
 ) -> torch.Tensor:  # (T, I) silu(gate) * up, a new tensor
-    T, I = gate.shape
-    assert up.shape == (T, I) and gate.stride(1) == up.stride(1) == 1 and gate.dtype == up.dtype == torch.float32
-    out = torch.empty(T, I, dtype=gate.dtype)
+    T, width = gate.shape
+    assert up.shape == (T, width) and gate.stride(1) == up.stride(1) == 1
+    assert gate.dtype == up.dtype == torch.float32
+    out = torch.empty(T, width, dtype=gate.dtype)
     bind("elementwise", "silu_mul_f32", "pipipiiii")(
-        gate.data_ptr(), gate.stride(0), up.data_ptr(), up.stride(0), out.data_ptr(), I, T, I, torch.get_num_threads()
+        gate.data_ptr(), gate.stride(0), up.data_ptr(), up.stride(0), out.data_ptr(), width, T, width,
+        torch.get_num_threads(),
     )
     return out

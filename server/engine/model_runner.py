@@ -16,9 +16,9 @@ from server.engine.scheduler import ScheduledChunk, SchedulerOutput
 from server.engine.sequence import TokenRouting
 from server.memory.device_pool import DevicePool
 from server.model.batch import AttentionBatch, ForwardStep, LoRAStep
-from server.model.step_plan import StepPlan
 from server.model.llama import LlamaForCausalLM
 from server.model.lora import add_lora, base_weights
+from server.model.step_plan import StepPlan
 from server.structured.masks import apply_masks, start_masks
 
 

@@ -112,13 +112,15 @@ class StepPlan:
             T=T, D=D, H=self.H, kvh=self.kvh, hd=self.hd, inter=inter, num_threads=torch.get_num_threads(),
             gemv_rows=cpu_quant.GEMV_MAX_ROWS,
             eps=self.eps, scale=self.hd**-0.5, x=x.data_ptr(), cos=cos.data_ptr(), sin=sin.data_ptr(),
-            slots=slots.data_ptr(), P=P, page_stride=k0.stride(0), slot_stride=k0.stride(1), bs=k0.shape[1], num_pages=k0.shape[0],
+            slots=slots.data_ptr(), P=P, page_stride=k0.stride(0), slot_stride=k0.stride(1), bs=k0.shape[1],
+            num_pages=k0.shape[0],
             h=scratch[0].data_ptr(), qkv=scratch[1].data_ptr(), q=scratch[2].data_ptr(), attn=scratch[3].data_ptr(),
             o=scratch[4].data_ptr(), gu=scratch[5].data_ptr(), act=scratch[6].data_ptr(), down=scratch[7].data_ptr(),
             n_layers=self.n_layers,
         )  # fmt: skip
         if P:
-            tables, cu, ctx = _int32_rows(batch.prefill_block_tables), batch.prefill_cu_seqlens, batch.prefill_context_lens
+            tables = _int32_rows(batch.prefill_block_tables)
+            cu, ctx = batch.prefill_cu_seqlens, batch.prefill_context_lens
             assert cu.dtype == ctx.dtype == torch.int32 and cu.is_contiguous() and ctx.is_contiguous()
             s.S, s.p_table_stride, s.p_max_blocks = ctx.shape[0], tables.stride(0), tables.shape[1]
             s.p_tables, s.p_cu, s.p_ctx = tables.data_ptr(), cu.data_ptr(), ctx.data_ptr()

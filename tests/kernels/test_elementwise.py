@@ -1,5 +1,5 @@
-"""RMSNorm (+ residual), rotary, the K/V store and silu(gate) * up in C against their torch twins: rotary and the store bit
-for bit, the norm up to summation order; strided inputs as the model hands them (fused q/k/v columns,
+"""RMSNorm (+ residual), rotary, the K/V store and silu(gate) * up in C against their torch twins: rotary and
+the store bit for bit, the norm up to summation order; strided inputs as the model hands them (fused q/k/v columns,
 cache pages inside the pool)."""
 
 import pytest
