@@ -15,11 +15,11 @@ import torch
 from server.adapters.formats import BaseWeight, format_of
 from server.adapters.holds import AdapterHolds
 from server.adapters.offset_tables import OffsetTables
-from server.adapters.pool_copy import copy_into_pool
+from server.adapters.pool_copy import copy_into_pool, copy_lazy_into_pool
 from server.adapters.registry import AdapterRegistry
 from server.adapters.shapes import module_shapes
 from server.adapters.types import AdapterError, AdapterRef
-from server.memory.adapter_pages import AdapterPages, TensorKey
+from server.memory.adapter_pages import AdapterPages, Placement, TensorKey
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class AdapterManager:
         # the model runner sets it, since the model is the runner's
         self.base_weight = base_weight
         self.on_load: Callable[[float], None] | None = None  # told each cold load's seconds (host/disk -> pool)
+        self._lazy_written: dict[int, set[str]] = {}  # adapter id -> lazy factors written since its page-in
 
     # request lifetime
 
@@ -67,6 +68,7 @@ class AdapterManager:
         return ref
 
     def _forget(self, adapter_id: int) -> None:
+        self._lazy_written.pop(adapter_id, None)
         if self.pages.drop(adapter_id):
             self.tables.drop(adapter_id)
             self.holds.forget(adapter_id)
@@ -92,28 +94,43 @@ class AdapterManager:
                     out[(layer, m, factor)] = n
         return out
 
-    def acquire(self, adapter_id: int) -> bool:
+    def acquire(self, adapter_id: int, lazy: tuple[str, ...] = ()) -> bool:
         ref = self.holds.ref(adapter_id)
         got = self.pages.acquire(adapter_id, self.sizes(ref))
         if got is None:
             return False
         placement, new = got
         if new:
-            t0 = time.perf_counter()
-            try:
-                copy_into_pool(self.registry.weights(ref), placement, self.pool_flat, self.base_weight)
-                self.tables.build(ref.id, placement, format_of(ref.format).pool_factors)
-            except BaseException as e:  # never leave it pinned without offsets: every later step would fail
-                self.pages.release(adapter_id)
-                self.pages.drop(adapter_id)
-                self.tables.drop(adapter_id)
-                if isinstance(e, AdapterError) or not isinstance(e, Exception):
-                    raise
-                raise AdapterError(f"adapter {ref.name!r}: loading into the pool failed: {type(e).__name__}: {e}"
-                                   ) from e
-            if self.on_load is not None:
-                self.on_load(time.perf_counter() - t0)
+            self._lazy_written[adapter_id] = set()
+            self._write(ref, placement, fresh=True, copy=lambda: copy_into_pool(
+                self.registry.weights(ref), placement, self.pool_flat, self.base_weight))
+        fmt, written = format_of(ref.format), self._lazy_written.setdefault(adapter_id, set())
+        for factor in lazy:
+            if factor in fmt.lazy_factors and factor not in written:
+                self._write(ref, placement, fresh=False, copy=lambda f=factor: copy_lazy_into_pool(
+                    self.registry.weights(ref), placement, self.pool_flat, f))
+                written.add(factor)
         return True
+
+    def _write(self, ref: AdapterRef, placement: Placement, fresh: bool, copy: Callable[[], None]) -> None:
+        """One copy into the adapter's pages (fresh: its page-in, then its offset tables). On failure it is
+        unpinned (a fresh page-in dropped), never left pinned without its values: later steps would read them."""
+        t0 = time.perf_counter()
+        try:
+            copy()
+            if fresh:
+                self.tables.build(ref.id, placement, format_of(ref.format).pool_factors)
+        except BaseException as e:
+            self.pages.release(ref.id)
+            if fresh:
+                self.pages.drop(ref.id)
+                self.tables.drop(ref.id)
+                self._lazy_written.pop(ref.id, None)
+            if isinstance(e, AdapterError) or not isinstance(e, Exception):
+                raise
+            raise AdapterError(f"adapter {ref.name!r}: loading into the pool failed: {type(e).__name__}: {e}") from e
+        if fresh and self.on_load is not None:
+            self.on_load(time.perf_counter() - t0)
 
     def release(self, adapter_id: int) -> None:
         self.pages.release(adapter_id)

@@ -26,8 +26,11 @@ from server.memory.prefix_cache import block_hash
 class AdapterAdmission(Protocol):
     """Pins an adapter in the pool for a sequence that joins the batch."""
 
-    def acquire(self, adapter_id: int) -> bool:
-        """True: resident and pinned; False: no room now. ValueError: it can never load."""
+    def acquire(self, adapter_id: int, lazy: tuple[str, ...] = ()) -> bool:
+        """True: resident and pinned; False: no room now. ValueError: it can never load.
+
+        lazy: pool factors the sequence's steps read that are written on first need (per-token
+        routing's prototypes)."""
         ...
 
     def release(self, adapter_id: int) -> None: ...
@@ -195,9 +198,10 @@ class Scheduler:
         if self.adapters is None:
             return True
         got: list[int] = []
+        lazy = ("proto",) if seq.routing is not None else ()
         try:
             for aid in seq.adapter_ids:
-                if not self.adapters.acquire(aid):
+                if not (self.adapters.acquire(aid, lazy) if lazy else self.adapters.acquire(aid)):
                     break
                 got.append(aid)
         finally:

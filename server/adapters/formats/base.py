@@ -55,5 +55,13 @@ class AdapterFormat:
         for factor in ("a", "b"):
             for (layer, module), t in factors[factor].items():
                 yield (layer, module, factor), t
+
+    # pool factors written only when a step first needs them (their space is reserved at page-in): the
+    # prototypes' QR/eigh per module cost ~10 ms an adapter, which serving without per-token Arrow never uses
+    lazy_factors: tuple[str, ...] = ("proto",)
+
+    def lazy_tensors(self, ref, factors: dict[str, dict[tuple[int, str], torch.Tensor]], factor: str,
+                     ) -> Iterator[tuple[tuple[int, str, str], torch.Tensor]]:
+        assert factor == "proto", factor
         for (layer, module), v in adapter_prototypes(factors["a"], factors["b"]).items():
             yield (layer, module, "proto"), v

@@ -1,10 +1,12 @@
 # ruff: noqa: F811 (the fixtures imported from tests/server/adapters/conftest.py)
-"""The manager pages each format's pool factors: LoRA's A, B and Arrow prototypes, DoRA's A, B and its scale
-computed once from the base weights; the runner's offset tables name exactly those factors."""
+"""The manager pages each format's pool factors: LoRA's A, B and Arrow prototypes (written only once a
+per-token routed sequence asks), DoRA's A, B and its scale computed once from the base weights; the runner's
+offset tables name exactly those factors."""
 
 import pytest
 import torch
 
+import server.adapters.manager as manager_mod
 from router.prototypes import top_right_singular_vector
 from server.adapters.formats import dora_scale
 from server.adapters.manager import AdapterManager
@@ -35,7 +37,7 @@ def manager(tiny_config, base):
                           TINY["num_hidden_layers"], base_weight=lambda layer, m: base[layer, m])
 
 
-def test_lora_pages_a_b_and_its_arrow_prototypes(manager, make_adapter):
+def test_lora_pages_a_b_and_its_arrow_prototypes(manager, make_adapter, monkeypatch):
     ref = manager.registry.register("l", make_adapter("l"))
     manager.hold(ref)
     assert manager.acquire(ref.id)
@@ -48,7 +50,22 @@ def test_lora_pages_a_b_and_its_arrow_prototypes(manager, make_adapter):
     assert torch.equal(manager.pool_flat[off : off + w.a[0, "q_proj"].numel()], w.a[0, "q_proj"].reshape(-1))
     v, _ = top_right_singular_vector(w.a[0, "q_proj"], w.b[0, "q_proj"])  # per-token Arrow scores against it
     off = int(manager.factor_offsets(ref.id, "proto")[0, q])
+    assert not manager.pool_flat[off : off + v.numel()].any()  # reserved, not computed: no sequence routes yet
+    assert manager.acquire(ref.id, ("proto",))
     assert torch.equal(manager.pool_flat[off : off + v.numel()], v)
+
+    calls = []
+    monkeypatch.setattr(manager_mod, "copy_lazy_into_pool", lambda *a: calls.append(a))
+    assert manager.acquire(ref.id, ("proto",))
+    assert calls == []  # once per page-in
+    for _ in range(3):
+        manager.release(ref.id)
+    manager.unhold(ref.id)
+    manager.unregister("l")
+    ref = manager.registry.register("l", make_adapter("l"))
+    manager.hold(ref)
+    assert manager.acquire(ref.id, ("proto",))
+    assert len(calls) == 1  # a fresh page-in writes it again
 
 
 def test_dora_pages_its_scale_from_the_base_weights(manager, make_adapter, base):
