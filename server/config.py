@@ -14,16 +14,18 @@ WEIGHTS = ("auto", "fp32", "bf16", "gguf")
 
 
 def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16: without them torch's CPU bf16 matmuls run several times slower than fp32."""
+    """AMX: torch's bf16 matmuls there outrun any fp32 path. AVX512-BF16 alone does not: on the 2-core AMD
+    EPYC with it, dense-weight serving with bf16 activations (torch's GEMMs, no step plan) made 247 output
+    tok/s against 343 in fp32 through the step plan (bench/peers/llama_server_compare's workload, base)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return "amx_bf16" in flags
 
 
 def resolve_dtype(dtype: str, device: str, weights: str = "fp32", model: str | None = "") -> str:
-    """auto: bfloat16 on CUDA, and on CPUs with native bf16 for dense weights (torch's bf16 GEMMs); float32
+    """auto: bfloat16 on CUDA, and on CPUs with AMX for dense weights (torch's bf16 GEMMs); float32
     where the CPU matmul kernel serves the weights (GGUF blocks, bf16 weights; auto weights on a .gguf model,
     the embedded default included): it computes in fp32 whatever the activations' dtype, so bf16 activations
     would only add roundings and conversions, and the step plan runs fp32 steps."""

@@ -1,5 +1,5 @@
 """--dtype auto: fp32 where the CPU matmul kernel serves the weights, bf16 for dense weights on a CPU with
-native bf16 matmuls and on CUDA; whatever is named explicitly stays."""
+AMX and on CUDA (AVX512-BF16 alone keeps fp32); whatever is named explicitly stays."""
 
 import pytest
 
@@ -18,6 +18,13 @@ def test_auto_on_cpu(monkeypatch, fast_bf16, weights, model, kernel_serves):
     want = "bfloat16" if fast_bf16 and not kernel_serves else "float32"
     assert resolve_dtype("auto", "cpu", weights, model) == want
     assert EngineConfig(weights=weights, model=model).dtype == want
+
+
+@pytest.mark.parametrize(("flags", "fast"), [("fpu avx2 avx512f avx512_bf16", False), ("avx512_bf16 amx_bf16 amx_tile", True),
+                                             ("fpu avx2", False)])
+def test_fast_bf16_means_amx(monkeypatch, flags, fast):
+    monkeypatch.setattr(config.Path, "read_text", lambda self: f"flags\t\t: {flags}\n")
+    assert config.cpu_has_fast_bf16() is fast
 
 
 def test_cuda_and_named_dtypes(monkeypatch):
