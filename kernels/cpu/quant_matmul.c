@@ -437,37 +437,30 @@ enum { PREFETCH = 64 }; /* x rows per pass TV_MAX * VW; rows per chunk; tile */
 /* rows of w per call at TV vectors of x rows: as many accumulators as the registers hold */
 static int outer_rows(int tv) { return ACC_REGS / tv < 16 ? ACC_REGS / tv : 16; }
 
-static void outer(int mrw, int tv, const float *w, int64_t wstride, const float *xT, int64_t tp, int64_t kc,
-                  float *outT) {
-#define OUTER_CASE(M, V) case M * 8 + V: OUTER_BODY(M, V, wstride, 1); return;
-    switch (mrw * 8 + tv) {
-#if VW == 16
-        OUTER_CASE(16, 1) OUTER_CASE(12, 2) OUTER_CASE(8, 3) OUTER_CASE(6, 4)
-#else
-        OUTER_CASE(12, 1) OUTER_CASE(6, 2) OUTER_CASE(4, 3) OUTER_CASE(3, 4)
-#endif
-        OUTER_CASE(1, 1) OUTER_CASE(1, 2) OUTER_CASE(1, 3) OUTER_CASE(1, 4)
+/* outer: rows of w wstride floats apart (dense weights read in place, each row prefetched ahead); outer_tile:
+   a dequantized tile, rows KCW apart, read from one base pointer at constant offsets (the strided rows take a
+   register each) */
+#define OUTER_FN(NAME, WSTRIDE, PF)                                                                 \
+    static void NAME(int mrw, int tv, const float *w, int64_t wstride, const float *xT, int64_t tp,  \
+                     int64_t kc, float *outT) {                                                     \
+        switch (mrw * 8 + tv) {                                                                     \
+            OUTER_CASES(WSTRIDE, PF)                                                                \
+            OUTER_CASE(1, 1, WSTRIDE, PF) OUTER_CASE(1, 2, WSTRIDE, PF)                             \
+            OUTER_CASE(1, 3, WSTRIDE, PF) OUTER_CASE(1, 4, WSTRIDE, PF)                             \
+        }                                                                                           \
+        for (int j = 0; j < mrw; j++) /* tails */                                                   \
+            NAME(1, tv, w + j * wstride, wstride, xT, tp, kc, outT + j * tp);                       \
     }
-#undef OUTER_CASE
-    for (int j = 0; j < mrw; j++) outer(1, tv, w + j * wstride, wstride, xT, tp, kc, outT + j * tp); /* tails */
-}
-
-/* the same on a dequantized tile (rows KCW floats apart): one base pointer and constant offsets, where
-   the strided rows above take a register each */
-static void outer_tile(int mrw, int tv, const float *w, int64_t wstride, const float *xT, int64_t tp,
-                       int64_t kc, float *outT) {
-#define OUTER_CASE(M, V) case M * 8 + V: OUTER_BODY(M, V, KCW, 0); return;
-    switch (mrw * 8 + tv) {
+#define OUTER_CASE(M, V, WSTRIDE, PF) case M * 8 + V: OUTER_BODY(M, V, WSTRIDE, PF); return;
 #if VW == 16
-        OUTER_CASE(16, 1) OUTER_CASE(12, 2) OUTER_CASE(8, 3) OUTER_CASE(6, 4)
+#define OUTER_CASES(WS, PF) \
+    OUTER_CASE(16, 1, WS, PF) OUTER_CASE(12, 2, WS, PF) OUTER_CASE(8, 3, WS, PF) OUTER_CASE(6, 4, WS, PF)
 #else
-        OUTER_CASE(12, 1) OUTER_CASE(6, 2) OUTER_CASE(4, 3) OUTER_CASE(3, 4)
+#define OUTER_CASES(WS, PF) \
+    OUTER_CASE(12, 1, WS, PF) OUTER_CASE(6, 2, WS, PF) OUTER_CASE(4, 3, WS, PF) OUTER_CASE(3, 4, WS, PF)
 #endif
-        OUTER_CASE(1, 1) OUTER_CASE(1, 2) OUTER_CASE(1, 3) OUTER_CASE(1, 4)
-    }
-#undef OUTER_CASE
-    for (int j = 0; j < mrw; j++) outer_tile(1, tv, w + j * wstride, wstride, xT, tp, kc, outT + j * tp); /* tails */
-}
+OUTER_FN(outer, wstride, 1)
+OUTER_FN(outer_tile, KCW, 0)
 
 /* A buffer of at least n floats, 64-byte aligned, kept by the calling thread and grown as needed: allocating
    ~1 MiB per call let glibc's adaptive mmap threshold move these buffers onto the heap, where a long-running

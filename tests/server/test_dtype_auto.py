@@ -20,8 +20,8 @@ def test_auto_on_cpu(monkeypatch, fast_bf16, weights, model, kernel_serves):
     assert EngineConfig(weights=weights, model=model).dtype == want
 
 
-@pytest.mark.parametrize(("flags", "fast"), [("fpu avx2 avx512f avx512_bf16", False), ("avx512_bf16 amx_bf16 amx_tile", True),
-                                             ("fpu avx2", False)])
+@pytest.mark.parametrize(("flags", "fast"), [("fpu avx2 avx512f avx512_bf16", False),
+                                             ("avx512_bf16 amx_bf16 amx_tile", True), ("fpu avx2", False)])
 def test_fast_bf16_means_amx(monkeypatch, flags, fast):
     monkeypatch.setattr(config.Path, "read_text", lambda self: f"flags\t\t: {flags}\n")
     assert config.cpu_has_fast_bf16() is fast
