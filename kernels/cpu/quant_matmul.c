@@ -434,8 +434,13 @@ enum { PREFETCH = 64 }; /* x rows per pass TV_MAX * VW; rows per chunk; tile */
             for (int v = 0; v < TV; v++) *(vecf *)(outT + j * tp + v * VW) = acc[j][v];             \
     } while (0)
 
-/* rows of w per call at TV vectors of x rows: as many accumulators as the registers hold */
-static int outer_rows(int tv) { return ACC_REGS / tv < 16 ? ACC_REGS / tv : 16; }
+/* rows of w per call at TV vectors of x rows: as many accumulators as the registers hold, up to 16; dense
+   rows read in place at one vector of x rows take 8: each needs its own pointer, and 16 of them spilled
+   (dense fp32 at 16 rows of x: SmolLM2's 30 layers 16.8-19.6 -> 15.0-16.0 ms, five runs each; 32 rows
+   and the dequantized tiles, read at one stride, were as fast or faster with more) */
+static int outer_rows(int tv, int dense) {
+    return dense && tv == 1 ? 8 : ACC_REGS / tv < 16 ? ACC_REGS / tv : 16;
+}
 
 /* outer: rows of w wstride floats apart (dense weights read in place, each row prefetched ahead); outer_tile:
    a dequantized tile, rows KCW apart, read from one base pointer at constant offsets (the strided rows take a
@@ -454,10 +459,12 @@ static int outer_rows(int tv) { return ACC_REGS / tv < 16 ? ACC_REGS / tv : 16; 
 #define OUTER_CASE(M, V, WSTRIDE, PF) case M * 8 + V: OUTER_BODY(M, V, WSTRIDE, PF); return;
 #if VW == 16
 #define OUTER_CASES(WS, PF) \
-    OUTER_CASE(16, 1, WS, PF) OUTER_CASE(12, 2, WS, PF) OUTER_CASE(8, 3, WS, PF) OUTER_CASE(6, 4, WS, PF)
+    OUTER_CASE(16, 1, WS, PF) OUTER_CASE(8, 1, WS, PF) OUTER_CASE(12, 2, WS, PF) OUTER_CASE(8, 3, WS, PF) \
+    OUTER_CASE(6, 4, WS, PF)
 #else
 #define OUTER_CASES(WS, PF) \
-    OUTER_CASE(12, 1, WS, PF) OUTER_CASE(6, 2, WS, PF) OUTER_CASE(4, 3, WS, PF) OUTER_CASE(3, 4, WS, PF)
+    OUTER_CASE(12, 1, WS, PF) OUTER_CASE(8, 1, WS, PF) OUTER_CASE(6, 2, WS, PF) OUTER_CASE(4, 3, WS, PF) \
+    OUTER_CASE(3, 4, WS, PF)
 #endif
 OUTER_FN(outer, wstride, 1)
 OUTER_FN(outer_tile, KCW, 0)
@@ -509,7 +516,8 @@ static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t w
                     wk = wd, wstride = KCW;
                 }
                 for (int64_t v0 = 0; v0 < tp; v0 += TV_MAX * VW) {
-                    const int tv = (int)((tp - v0) / VW < TV_MAX ? (tp - v0) / VW : TV_MAX), mr = outer_rows(tv);
+                    const int tv = (int)((tp - v0) / VW < TV_MAX ? (tp - v0) / VW : TV_MAX);
+                    const int mr = outer_rows(tv, type == F32);
                     for (int j0 = 0; j0 < nn; j0 += mr)
                         (type == F32 ? outer : outer_tile)(nn - j0 < mr ? nn - j0 : mr, tv, wk + j0 * wstride, wstride,
                                                            xT + k0 * tp + v0, tp, kc, outT + j0 * tp + v0);
