@@ -201,7 +201,7 @@ class Scheduler:
         lazy = ("proto",) if seq.routing is not None else ()
         try:
             for aid in seq.adapter_ids:
-                if not (self.adapters.acquire(aid, lazy) if lazy else self.adapters.acquire(aid)):
+                if not self.adapters.acquire(aid, lazy):
                     break
                 got.append(aid)
         finally:

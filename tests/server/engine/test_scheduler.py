@@ -125,7 +125,7 @@ class PoolAdapters:
         self.pages = AdapterPages(pool, page_elems)
         self.in_use: dict[int, int] = {}
 
-    def acquire(self, adapter_id):
+    def acquire(self, adapter_id, lazy=()):
         if adapter_id == 13:
             raise ValueError("adapter 13: adapter_model.safetensors is missing")
         sizes = {(layer, "q_proj", ab): 32 for layer in range(adapter_id % 3 + 1) for ab in "ab"}  # 1-3 pages

@@ -215,7 +215,7 @@ class PoolAdapters:
         self.pages = AdapterPages(pool, page_elems=64)
         self.pins: dict[int, int] = {}
 
-    def acquire(self, adapter_id):
+    def acquire(self, adapter_id, lazy=()):
         if self.pages.acquire(adapter_id, {(0, "q_proj", "a"): 64, (0, "q_proj", "b"): 64}) is None:
             return False
         self.pins[adapter_id] = self.pins.get(adapter_id, 0) + 1
