@@ -400,12 +400,17 @@ static int pick(int64_t isa, rows_fn *rows, dequant_fn *deq, micro_fn *micro) {
 typedef float vecf __attribute__((vector_size(VW * sizeof(float))));
 /* a*b + c in one rounding: with -ffp-contract=off the compiler would split `c += a * b` into a multiply and
    an add (half the throughput), so the FMA is written out. */
+/* A float in every lane: `(vecf){0} + s` is not a broadcast under strict IEEE rules (-0 + 0 = +0), so the
+   compiler added the zero in a scalar op and broadcast from a register; the intrinsic loads it broadcast. */
 #if VW == 16
 #define VFMA(a, b, c) ((vecf)_mm512_fmadd_ps((__m512)(a), (__m512)(b), (__m512)(c)))
+#define VSET1(s) ((vecf)_mm512_set1_ps(s))
 #elif defined(__FMA__)
 #define VFMA(a, b, c) ((vecf)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#define VSET1(s) ((vecf)_mm256_set1_ps(s))
 #else
 #define VFMA(a, b, c) ((a) * (b) + (c))
+#define VSET1(s) ((vecf){0} + (s))
 #endif
 enum { TV_MAX = 4, TCH = 256, NTW = 48, KCW = 128 };
 /* Floats ahead each weight row is prefetched while its broadcasts run: dense weights stream from memory
@@ -426,7 +431,7 @@ enum { PREFETCH = 64 }; /* x rows per pass TV_MAX * VW; rows per chunk; tile */
             vecf xv[TV];                                                                            \
             for (int v = 0; v < TV; v++) xv[v] = *(const vecf *)(xT + k * tp + v * VW);             \
             for (int j = 0; j < MRW; j++) {                                                         \
-                const vecf b = (vecf){0} + w[j * (WSTRIDE) + k];                                    \
+                const vecf b = VSET1(w[j * (WSTRIDE) + k]);                                          \
                 for (int v = 0; v < TV; v++) acc[j][v] = VFMA(b, xv[v], acc[j][v]);              \
             }                                                                                       \
         }                                                                                           \
@@ -469,6 +474,43 @@ static int outer_rows(int tv, int dense) {
 OUTER_FN(outer, wstride, 1)
 OUTER_FN(outer_tile, KCW, 0)
 
+#if VW == 16
+/* dst[c * ds + r] = src[r * ss + c] for a 16 x 16 block, in registers: pairs, quads, then 128-bit lanes */
+static inline void transpose16(const float *src, int64_t ss, float *dst, int64_t ds) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * ss);
+    for (int i = 0; i < 16; i += 2) t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]), t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    for (int i = 0; i < 16; i += 4)
+        for (int h = 0; h < 2; h++) {
+            const __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + h + 2]);
+            r[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+            r[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        }
+    for (int i = 0; i < 16; i += 8)
+        for (int j = i; j < i + 4; j++)
+            t[j] = _mm512_shuffle_f32x4(r[j], r[j + 4], 0x88), t[j + 4] = _mm512_shuffle_f32x4(r[j], r[j + 4], 0xdd);
+    for (int j = 0; j < 8; j++)
+        r[j] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0x88), r[j + 8] = _mm512_shuffle_f32x4(t[j], t[j + 8], 0xdd);
+    for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + i * ds, r[i]);
+}
+#endif
+
+/* dst[c * ds + r] = src[r * ss + c] for r < R, c < C, in 16 x 16 blocks (x packed into xT, outT written back:
+   one element at a time down a column these were ~10% of a prefill step) */
+static void transpose(const float *src, int64_t ss, float *dst, int64_t ds, int64_t R, int64_t C) {
+    for (int64_t r0 = 0; r0 < R; r0 += 16)
+        for (int64_t c0 = 0; c0 < C; c0 += 16) {
+#if VW == 16
+            if (r0 + 16 <= R && c0 + 16 <= C) {
+                transpose16(src + r0 * ss + c0, ss, dst + c0 * ds + r0, ds);
+                continue;
+            }
+#endif
+            for (int64_t r = r0; r < R && r < r0 + 16; r++)
+                for (int64_t c = c0; c < C && c < c0 + 16; c++) dst[c * ds + r] = src[r * ss + c];
+        }
+}
+
 /* A buffer of at least n floats, 64-byte aligned, kept by the calling thread and grown as needed: allocating
    ~1 MiB per call let glibc's adaptive mmap threshold move these buffers onto the heap, where a long-running
    server's RSS crept up (the soak test saw it). */
@@ -490,14 +532,18 @@ static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t w
     float *xT = reusable((size_t)(K * TPM + num_threads * per_thread));
     if (!xT) return -4;
     float *scratch = xT + K * TPM;
+    /* one team for the whole call: each chunk of x is packed by both threads (split over K; packed by one, the
+       other waited ~6% of a prefill step), then its tiles split across them */
+    _Pragma("omp parallel num_threads(num_threads)")
     for (int64_t t0 = 0; t0 < T; t0 += TCH) {
         const int64_t tn = T - t0 < TCH ? T - t0 : TCH, tp = (tn + VW - 1) / VW * VW;
-        for (int64_t k = 0; k < K; k++) {
-            float *row = xT + k * tp;
-            for (int64_t t = 0; t < tn; t++) row[t] = x[(t0 + t) * xs + k];
-            for (int64_t t = tn; t < tp; t++) row[t] = 0.f;
+        _Pragma("omp for schedule(static)")
+        for (int64_t k = 0; k < K; k += 16) { /* K is a multiple of 32 */
+            transpose(x + t0 * xs + k, xs, xT + k * tp, tp, tn, 16);
+            for (int64_t kk = k; kk < k + 16; kk++)
+                for (int64_t t = tn; t < tp; t++) xT[kk * tp + t] = 0.f;
         }
-        _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
+        _Pragma("omp for schedule(static)")
         for (int64_t n0 = 0; n0 < N; n0 += NTW) {
             float *outT = scratch + (int64_t)omp_get_thread_num() * per_thread, *wd = outT + NTW * TPM;
             const int nn = N - n0 < NTW ? (int)(N - n0) : NTW;
@@ -523,8 +569,7 @@ static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t w
                                                            xT + k0 * tp + v0, tp, kc, outT + j0 * tp + v0);
                 }
             }
-            for (int64_t t = 0; t < tn; t++)
-                for (int j = 0; j < nn; j++) out[(t0 + t) * os + n0 + j] = outT[j * tp + t];
+            transpose(outT, tp, out + t0 * os + n0, os, nn, tn);
         }
     }
     return 0;
