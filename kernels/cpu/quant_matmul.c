@@ -543,7 +543,7 @@ static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t w
             for (int64_t kk = k; kk < k + 16; kk++)
                 for (int64_t t = tn; t < tp; t++) xT[kk * tp + t] = 0.f;
         }
-        _Pragma("omp for schedule(static)")
+        _Pragma("omp for schedule(dynamic, 1)")
         for (int64_t n0 = 0; n0 < N; n0 += NTW) {
             float *outT = scratch + (int64_t)omp_get_thread_num() * per_thread, *wd = outT + NTW * TPM;
             const int nn = N - n0 < NTW ? (int)(N - n0) : NTW;
@@ -593,7 +593,7 @@ int quant_matmul_f32(const float *x, int64_t xs, const uint8_t *w, int64_t ws, f
     if (!pick(isa < 0 ? quant_best_isa() : isa, &rows, &deq, &micro)) return -3;
     const int64_t nb = K / QK;
     if (T <= gemv_rows) {
-        _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
+        _Pragma("omp parallel for schedule(guided, 16) num_threads(num_threads)")
         for (int64_t n = 0; n < N; n++) {
             for (int64_t t0 = 0; t0 < T; t0 += MAX_GEMV_ROWS) {
                 const int R = T - t0 < MAX_GEMV_ROWS ? (int)(T - t0) : MAX_GEMV_ROWS;
@@ -605,7 +605,7 @@ int quant_matmul_f32(const float *x, int64_t xs, const uint8_t *w, int64_t ws, f
         return 0;
     }
     if (isa < 0 && T >= VW) return matmul_packed(x, xs, w, ws, out, os, T, N, K, (int)type, bb, deq, num_threads);
-    _Pragma("omp parallel for schedule(static) num_threads(num_threads)")
+    _Pragma("omp parallel for schedule(dynamic, 1) num_threads(num_threads)")
     for (int64_t n0 = 0; n0 < N; n0 += NT) {
         float wd[NT * KC] __attribute__((aligned(64))); /* 16 KiB: a tile of dequantized weights */
         const int nn = N - n0 < NT ? (int)(N - n0) : NT;
