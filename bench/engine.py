@@ -98,14 +98,16 @@ def main() -> None:
     ap.add_argument("--weights", default=None, help="weights mode(s): one of auto|fp32|gguf (default auto); with "
                     "--llama-cpp a comma list to measure (default fp32,gguf)")
     ap.add_argument("--threads", type=int, default=2, help="with --llama-cpp: threads for both engines")
+    ap.add_argument("--rounds", type=int, default=1, help="with --llama-cpp: rounds of both engines, interleaved; "
+                    "the median ratio is reported with its range")
     args = ap.parse_args()
     if args.llama_cpp:
         from bench.engine_vs_llama_cpp import compare
 
         args.weights = args.weights or "fp32,gguf"
-        report = compare(args.weights.split(","), args.threads)
+        report = compare(args.weights.split(","), args.threads, args.rounds)
         report["command"] = (f"python -m bench.engine --llama-cpp --weights {args.weights} --threads {args.threads}"
-                             + (f" --out {args.out}" if args.out else ""))
+                             f" --rounds {args.rounds}" + (f" --out {args.out}" if args.out else ""))
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=1)

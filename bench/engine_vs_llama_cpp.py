@@ -1,13 +1,15 @@
 """loraplex's engine beside llama.cpp on the same weights: one request (prefill tok/s, decode ms/token)
-and 16 / 64 in flight (generated tok/s), for each `--weights` mode, in one run.
+and 16 / 64 in flight (generated tok/s), for each `--weights` mode, in one run of --rounds interleaved rounds.
 
-    python -m bench.engine --llama-cpp --weights fp32,gguf --threads 2 --out bench/results/engine_vs_llama_cpp.json
+    python -m bench.engine --llama-cpp --weights fp32,gguf --threads 2 --rounds 3 \
+        --out bench/results/engine_vs_llama_cpp.json
 
 fp32 weights are compared with llama.cpp's F32 file converted from the same checkpoint; gguf (the
 embedded file's own Q4_1 blocks) with llama.cpp on that same Q4_1 file. Greedy tokens are validated
 against transformers fp32 before anything is timed (ours here, llama.cpp's in bench/llama_cpp_engine.py).
 """
 
+import statistics
 import time
 
 import torch
@@ -46,13 +48,19 @@ def _timed_run(engine: LLMEngine, prompts: list[list[int]]) -> dict:
             "generated": generated}
 
 
-def ours(weights: str, threads: int, seed: int = 0) -> dict:
+def engine_for(weights: str, threads: int, seed: int = 0) -> LLMEngine:
     torch.set_num_threads(threads)
     engine = LLMEngine.from_config(EngineConfig(dtype="float32", weights=weights, pool_mb=1024,
                                                 max_num_seqs=max(PARALLEL), max_batch_tokens=2048,
                                                 max_model_len=PROMPT + GEN + 16, num_threads=threads))
+    _timed_run(engine, _prompts(2, engine.checkpoint.config.vocab_size, seed + 1))  # warm-up: kernels built, caches hot
+    return engine
+
+
+def ours(engine: LLMEngine, weights: str, threads: int, seed: int = 0) -> dict:
+    """One round; a fresh seed per round keeps the prefix cache from serving a prompt it saw before."""
+    torch.set_num_threads(threads)
     vocab = engine.checkpoint.config.vocab_size
-    _timed_run(engine, _prompts(2, vocab, seed + 1))  # warm-up: kernels built, caches hot
     one = _timed_run(engine, _prompts(1, vocab, seed))
     single = {"prefill_tok_per_s": PROMPT / one["prefill_s"],  # the prompt's step also samples token 1
               "decode_ms_per_token": one["decode_s"] / (GEN - 1) * 1e3}
@@ -73,22 +81,36 @@ def ratios(mine: dict, theirs: dict) -> dict:
         tb = theirs["batched"].get(n) or theirs["batched"].get(str(n))
         if tb:
             out[f"{n}_in_flight_decode"] = b["decode_tok_per_s"] / tb["decode_tok_per_s"]
-            if "generated_tok_per_s" in tb:
-                out[f"{n}_in_flight_generated"] = b["generated_tok_per_s"] / tb["generated_tok_per_s"]
+            if "generated_tok_per_s_incl_prefill" in tb:  # prompts and generation, llama-batched-bench's total
+                out[f"{n}_in_flight_generated"] = b["generated_tok_per_s"] / tb["generated_tok_per_s_incl_prefill"]
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def compare(weights: list[str], threads: int) -> dict:
+def compare(weights: list[str], threads: int, rounds: int = 1) -> dict:
+    """Each round measures loraplex then llama.cpp, weights mode by weights mode, so a slow phase of a shared
+    host lands on both sides of a round's ratios; the median over rounds is reported with its range."""
     from bench.llama_cpp_engine import measure
 
-    mine = {w: ours(w, threads) for w in weights}
-    theirs = measure(tuple(LLAMA_KIND[w] for w in weights), (threads,))
+    engines = {w: engine_for(w, threads) for w in weights}
+    by_round: dict[str, list[dict]] = {w: [] for w in weights}
+    theirs = {}
+    for r in range(rounds):
+        for w in weights:
+            kind = LLAMA_KIND[w]
+            mine = ours(engines[w], w, threads, seed=1000 * r)
+            theirs = measure((kind,), (threads,))
+            llama = theirs["results"][kind]["by_threads"][threads]
+            by_round[w].append({"loraplex": mine, "llama_cpp": {"file": kind, **llama}, "ratio": ratios(mine, llama)})
+            print(f"round {r + 1}/{rounds}: {w} vs llama.cpp {kind}: {by_round[w][-1]['ratio']}")
     rows = {}
-    for w in weights:
-        kind = LLAMA_KIND[w]
-        llama = theirs["results"][kind]["by_threads"][threads]
-        rows[w] = {"loraplex": mine[w], "llama_cpp": {"file": kind, **llama}, "ratio": ratios(mine[w], llama)}
-        print(f"{w} vs llama.cpp {kind}: {rows[w]['ratio']}")
-    return {"threads": threads, "workload": {"single": f"1 request, {PROMPT}-token prompt, {GEN} generated",
-                                             "batched": f"{PARALLEL} requests in flight, {PROMPT} + {GEN} each"},
+    for w, runs in by_round.items():
+        keys = runs[0]["ratio"].keys()
+        rows[w] = {"ratio": {k: round(statistics.median(x["ratio"][k] for x in runs), 3) for k in keys},
+                   "ratio_range": {k: [min(x["ratio"][k] for x in runs), max(x["ratio"][k] for x in runs)]
+                                   for k in keys},
+                   "rounds": runs}
+        print(f"{w} vs llama.cpp {LLAMA_KIND[w]}, median of {rounds}: {rows[w]['ratio']}")
+    return {"threads": threads, "rounds": rounds,
+            "workload": {"single": f"1 request, {PROMPT}-token prompt, {GEN} generated",
+                         "batched": f"{PARALLEL} requests in flight, {PROMPT} + {GEN} each"},
             "llama_cpp": theirs["llama_cpp"], "cpu": theirs["cpu"], "results": rows}
