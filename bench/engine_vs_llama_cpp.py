@@ -17,6 +17,7 @@ import torch
 from server.config import EngineConfig
 from server.engine.llm_engine import EngineRequest, LLMEngine
 from server.engine.sampling_params import SamplingParams
+from server.startup import freeze_startup_objects
 
 PROMPT, GEN, PARALLEL = 128, 64, (16, 64)
 LLAMA_KIND = {"fp32": "f32", "gguf": "q4_1"}  # our weights mode -> the llama.cpp file of the same weights
@@ -54,6 +55,7 @@ def engine_for(weights: str, threads: int, seed: int = 0) -> LLMEngine:
                                                 max_num_seqs=max(PARALLEL), max_batch_tokens=2048,
                                                 max_model_len=PROMPT + GEN + 16, num_threads=threads))
     _timed_run(engine, _prompts(2, engine.checkpoint.config.vocab_size, seed + 1))  # warm-up: kernels built, caches hot
+    freeze_startup_objects()  # as the server does
     return engine
 
 

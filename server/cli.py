@@ -2,6 +2,7 @@
 (server/startup.py), run it."""
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -35,6 +36,7 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return run(app, settings.log_level)
     finally:
         engine.shutdown()
+        gc.unfreeze()  # collectable again at exit: bindings (nanobind) report objects still alive then as leaks
 
 
 def serve_ray(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
