@@ -526,6 +526,19 @@ static float *reusable(size_t n) {
     return buf;
 }
 
+/* Tile n0's weights over inputs k0 .. k0 + kc, rows *stride floats apart: dense ones read in place, blocks
+   dequantized into wd (rows KCW apart) */
+static const float *tile_weights(const uint8_t *w, int64_t ws, int64_t n0, int nn, int64_t k0, int64_t kc, int type,
+                                 int bb, dequant_fn deq, float *wd, int64_t *stride) {
+    if (type == F32) {
+        *stride = ws / (int64_t)sizeof(float);
+        return (const float *)(w + n0 * ws) + k0;
+    }
+    for (int j = 0; j < nn; j++) deq(type, w + (n0 + j) * ws + k0 / QK * bb, kc / QK, bb, wd + j * KCW);
+    *stride = KCW;
+    return wd;
+}
+
 /* out (T, N) for T rows of x at a time up to TCH: pack xT, then tiles of NTW outputs split across threads */
 static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t ws, float *out, int64_t os,
                          int64_t T, int64_t N, int64_t K, int type, int bb, dequant_fn deq, int64_t num_threads) {
@@ -551,17 +564,13 @@ static int matmul_packed(const float *x, int64_t xs, const uint8_t *w, int64_t w
             memset(outT, 0, sizeof(float) * (size_t)(nn * tp));
             for (int64_t k0 = 0; k0 < K; k0 += KCW) {
                 const int64_t kc = K - k0 < KCW ? K - k0 : KCW;
-                const float *wk;
-                int64_t wstride;
-                if (type == F32) { /* dense weights: read in place */
-                    wk = (const float *)(w + n0 * ws) + k0, wstride = ws / (int64_t)sizeof(float);
-                } else { /* a tile's blocks are one contiguous run: its share of the next tile is fetched */
+                if (type != F32) { /* a tile's blocks are one contiguous run: its share of the next tile is fetched */
                     const int64_t nch = (K + KCW - 1) / KCW, part = (NTW * ws + nch - 1) / nch;
                     const uint8_t *ahead = w + (n0 + NTW) * ws + k0 / KCW * part;
                     for (int64_t o = 0; o < part; o += 64) __builtin_prefetch(ahead + o, 0, 3);
-                    for (int j = 0; j < nn; j++) deq(type, w + (n0 + j) * ws + k0 / QK * bb, kc / QK, bb, wd + j * KCW);
-                    wk = wd, wstride = KCW;
                 }
+                int64_t wstride;
+                const float *wk = tile_weights(w, ws, n0, nn, k0, kc, type, bb, deq, wd, &wstride);
                 for (int64_t v0 = 0; v0 < tp; v0 += TV_MAX * VW) {
                     const int tv = (int)((tp - v0) / VW < TV_MAX ? (tp - v0) / VW : TV_MAX);
                     const int mr = outer_rows(tv, type == F32);
@@ -638,14 +647,8 @@ static int matmul_wide(const float *x, int64_t xs, const uint8_t *w, int64_t ws,
         memset(o, 0, sizeof(float) * (size_t)(tn * NTW));
         for (int64_t k0 = 0; k0 < K; k0 += KCW) {
             const int64_t kc = K - k0 < KCW ? K - k0 : KCW;
-            const float *src;
             int64_t stride;
-            if (type == F32) { /* dense weights: read in place */
-                src = (const float *)(w + n0 * ws) + k0, stride = ws / (int64_t)sizeof(float);
-            } else {
-                for (int j = 0; j < nn; j++) deq(type, w + (n0 + j) * ws + k0 / QK * bb, kc / QK, bb, wd + j * KCW);
-                src = wd, stride = KCW;
-            }
+            const float *src = tile_weights(w, ws, n0, nn, k0, kc, type, bb, deq, wd, &stride);
             transpose(src, stride, wT, NTW, nn, kc);
             for (int64_t k = 0; k < kc && nn < NTW; k++) /* a last, narrower tile: zero weights past it */
                 memset(wT + k * NTW + nn, 0, sizeof(float) * (size_t)(NTW - nn));
