@@ -12,8 +12,9 @@ from kernels.torch.quant_matmul import BLOCK, BLOCK_BYTES, check_inputs
 
 # Up to this many rows of x take the register path (each block dequantized in registers for 4 rows at a time,
 # the weight row re-read from L1 for the next 4); more rows the tiled path, or from 16 rows (8 on AVX2) the
-# packed one, from 128 the wide one (quant_matmul.c says why). Measured here at 5-15 rows, SmolLM2's shapes: registers 1.1-1.3x the tiled path up to 8 rows
-# (dense fp32; equal on Q4_1), slower from 10 (bench/quant_matmul.py).
+# packed one, from 128 the wide one (quant_matmul.c says why). Measured here at 5-15 rows, SmolLM2's shapes:
+# registers 1.1-1.3x the tiled path up to 8 rows (dense fp32; equal on Q4_1), slower from 10
+# (bench/quant_matmul.py).
 GEMV_MAX_ROWS = 8
 ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
 # Dense fp32 weights (type F32) take this kernel up to this many rows of x, torch's GEMM beyond. Measured on
