@@ -4,6 +4,7 @@ The caller owns the engine thread (start it before serving, shut it down after):
 may run more than once (test clients do), and a thread cannot be started twice.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
+from kernels.cpu.openmp import TeamlessExecutor
 from server.api.auth import ApiKeyAuth
 from server.api.context import ServerContext
 from server.api.errors import install_error_handlers
@@ -56,6 +58,8 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # to_thread work (adapter loads, grammar compiles) must not keep an OpenMP team beside the engine's
+        asyncio.get_running_loop().set_default_executor(TeamlessExecutor(thread_name_prefix="loraplex-io"))
         state.ready()
         log.info("serving %s", ctx.models.base_name)
         yield

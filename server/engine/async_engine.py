@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import torch
 
+from kernels.cpu.openmp import release_team
 from server.adapters.registry import AdapterRegistry
 from server.adapters.types import AdapterRef, AdapterWeights
 from server.engine.llm_engine import EngineRequest, LLMEngine
@@ -81,6 +82,8 @@ class AsyncEngine:
     # lifecycle
 
     def start(self) -> None:
+        """Call it on the thread that built the engine: that thread's OpenMP team ends here (see kernels.cpu.openmp)."""
+        release_team()
         self._thread.start()
 
     def shutdown(self, timeout: float = 10.0) -> None:
