@@ -21,14 +21,25 @@ log = logging.getLogger(__name__)
 OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: free the threads, keep the settings
 
 
+def _libgomp_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libgomp" in line for line in f)
+    except OSError:
+        return False
+
+
 @cache
 def _runtime() -> ctypes.CDLL | None:
-    """torch's OpenMP runtime (found through torch's own extension, whatever its file is called)."""
+    """torch's OpenMP runtime (found through torch's own extension, whatever its file is called), if it is
+    libgomp: there a pause ends the calling thread's team only (LLVM's libomp pauses the whole runtime)."""
+    if not _libgomp_loaded():
+        return None
     try:
         lib = ctypes.CDLL(torch._C.__file__)
         pause = lib.omp_pause_resource_all  # OpenMP >= 5.0
     except (OSError, AttributeError):
-        log.info("no OpenMP runtime with omp_pause_resource_all: threads are left as they are")
+        log.info("libgomp without omp_pause_resource_all: threads are left as they are")
         return None
     pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
     return lib

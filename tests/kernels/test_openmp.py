@@ -9,7 +9,7 @@ import torch
 
 from kernels.cpu.openmp import TeamlessExecutor, _runtime, release_team
 
-pytestmark = pytest.mark.skipif(_runtime() is None, reason="torch's OpenMP runtime has no omp_pause_resource_all")
+pytestmark = pytest.mark.skipif(_runtime() is None, reason="no libgomp with omp_pause_resource_all")
 
 
 def threads() -> int:
@@ -29,7 +29,8 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def test_release_team_ends_the_callers_idle_team():
+def test_release_team_ends_the_callers_idle_team_only():
+    parallel_work()  # this thread's team, which the other thread's release must leave alone
     out = {}
 
     def run():
@@ -45,6 +46,7 @@ def test_release_team_ends_the_callers_idle_team():
     t.start()
     t.join()
     base, with_team, released, after, again = out["counts"]
+    # after == base: the thread's own team gone, and this thread's team (counted in base) still there
     assert with_team == base + 1 and released and after == base and again == base + 1
 
 

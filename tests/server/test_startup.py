@@ -30,7 +30,7 @@ def test_build_server_freezes_what_start_up_built(thawed):
     engine.shutdown()
 
 
-@pytest.mark.skipif(_runtime() is None, reason="torch's OpenMP runtime has no omp_pause_resource_all")
+@pytest.mark.skipif(_runtime() is None, reason="no libgomp with omp_pause_resource_all")
 def test_the_engine_threads_team_is_the_only_one(thawed):
     """The builder's team ends when the engine starts (a second idle team makes libgomp cut every barrier's
     spin: ~170 context switches a step), and the app's to_thread workers keep none between jobs."""
