@@ -4,12 +4,13 @@ during serving walks only what requests made; and once serving, the engine threa
 import asyncio
 import gc
 import os
+import threading
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from kernels.cpu.openmp import _runtime
+from kernels.cpu.openmp import _runtime, release_team
 from server.api.settings import ServerSettings
 from server.config import EngineConfig
 from server.startup import build_server
@@ -30,6 +31,10 @@ def test_build_server_freezes_what_start_up_built(thawed):
     engine.shutdown()
 
 
+def tids() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
 @pytest.mark.skipif(_runtime() is None, reason="no libgomp with omp_pause_resource_all")
 def test_the_engine_threads_team_is_the_only_one(thawed):
     """The builder's team ends when the engine starts (a second idle team makes libgomp cut every barrier's
@@ -37,15 +42,22 @@ def test_the_engine_threads_team_is_the_only_one(thawed):
     torch.set_num_threads(2)
     engine, app = build_server(ServerSettings(), EngineConfig(dtype="float32", pool_mb=64, max_model_len=256,
                                                               num_threads=2))
-    threads = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
-    torch.ones(1 << 22).exp()  # the builder's team exists
-    before = threads()
+    release_team()  # then a team of our own making, whose workers we know
+    before = tids()
+    torch.ones(1 << 22).exp()
+    builders_team = tids() - before
+    assert len(builders_team) == 1
     engine.start()
     try:
-        assert threads() == before - 1 + 1  # the builder's worker gone, the engine thread come
+        assert not builders_team & tids()
         with TestClient(app) as client:
-            started = threads()
-            client.portal.call(asyncio.to_thread, lambda: torch.ones(1 << 22).exp())
-            assert threads() == started + 1  # the executor's worker, and no team beside it
+            before = tids()
+
+            def job() -> int:
+                torch.ones(1 << 22).exp()
+                return threading.get_native_id()
+
+            worker = client.portal.call(asyncio.to_thread, job)
+            assert tids() - before <= {worker}  # the executor's worker (if new), and no team beside it
     finally:
         engine.shutdown()
