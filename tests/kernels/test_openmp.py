@@ -12,13 +12,20 @@ from kernels.cpu.openmp import TeamlessExecutor, _runtime, release_team
 pytestmark = pytest.mark.skipif(_runtime() is None, reason="no libgomp with omp_pause_resource_all")
 
 
-def threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def tids() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
 
 
 def parallel_work() -> torch.Tensor:
     a = torch.arange(1 << 20, dtype=torch.float32).reshape(1024, 1024) / (1 << 20)  # above every parallel grain
     return (a @ a).exp().sum(dim=1)  # MKL's GEMM and torch's own loops
+
+
+def new_team(fn) -> set[int]:
+    """The threads fn's parallel regions started (the calling thread's team, when it had none)."""
+    before = tids()
+    fn()
+    return tids() - before
 
 
 @pytest.fixture(autouse=True)
@@ -30,32 +37,34 @@ def two_threads():
 
 
 def test_release_team_ends_the_callers_idle_team_only():
-    parallel_work()  # this thread's team, which the other thread's release must leave alone
+    release_team()
+    mine = new_team(parallel_work)  # this thread's team, which the other thread's release must leave alone
     out = {}
 
     def run():
-        base = threads()
-        parallel_work()
-        with_team = threads()
-        released = release_team()
-        after = threads()
-        parallel_work()  # a later region starts a new team
-        out["counts"] = base, with_team, released, after, threads()
+        team = new_team(parallel_work)
+        out["released"] = release_team()
+        out["left"] = team & tids()
+        out["again"] = new_team(parallel_work)  # a later region starts a new team
+        out["team"] = team
 
     t = threading.Thread(target=run)
     t.start()
     t.join()
-    base, with_team, released, after, again = out["counts"]
-    # after == base: the thread's own team gone, and this thread's team (counted in base) still there
-    assert with_team == base + 1 and released and after == base and again == base + 1
+    assert len(mine) == 1 and len(out["team"]) == 1 and len(out["again"]) == 1
+    assert out["released"] and not out["left"] and mine <= tids()
 
 
 def test_teamless_executor_threads_hold_no_team_between_jobs():
     expected = parallel_work()
     release_team()
-    base = threads()
+    before = tids()
+
+    def job():
+        return parallel_work(), threading.get_native_id()
+
     with TeamlessExecutor(max_workers=1) as pool:
-        got = pool.submit(parallel_work).result()
-        assert threads() == base + 1  # its worker, and no team beside it
+        got, worker = pool.submit(job).result()
+        assert tids() - before == {worker}  # its worker, and no team beside it
         assert pool.submit(lambda: 7).result() == 7
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
