@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
-from kernels.cpu.openmp import TeamlessExecutor
 from server.api.auth import ApiKeyAuth
 from server.api.context import ServerContext
 from server.api.errors import install_error_handlers
@@ -58,8 +57,7 @@ def build_app(engine: AsyncEngine, settings: ServerSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # to_thread work (adapter loads, grammar compiles) must not keep an OpenMP team beside the engine's
-        asyncio.get_running_loop().set_default_executor(TeamlessExecutor(thread_name_prefix="loraplex-io"))
+        asyncio.get_running_loop().set_default_executor(engine.worker_pool())  # what to_thread runs on
         state.ready()
         log.info("serving %s", ctx.models.base_name)
         yield

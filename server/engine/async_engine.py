@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import torch
 
-from kernels.cpu.openmp import release_team
+from kernels.cpu.openmp import TeamlessExecutor, release_team
 from server.adapters.registry import AdapterRegistry
 from server.adapters.types import AdapterRef, AdapterWeights
 from server.engine.llm_engine import EngineRequest, LLMEngine
@@ -91,6 +91,12 @@ class AsyncEngine:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    @staticmethod
+    def worker_pool() -> TeamlessExecutor:
+        """A thread pool for work off the event loop (adapter loads, grammar compiles): its threads end any
+        OpenMP team after each job, so the engine thread's team stays the only one (kernels.cpu.openmp)."""
+        return TeamlessExecutor(thread_name_prefix="loraplex-io")
 
     @property
     def alive(self) -> bool:
