@@ -39,7 +39,7 @@ def tids() -> set[int]:
 def test_the_engine_threads_team_is_the_only_one(thawed):
     """The builder's team ends when the engine starts (a second idle team makes libgomp cut every barrier's
     spin: ~170 context switches a step), and the app's to_thread workers keep none between jobs."""
-    torch.set_num_threads(2)
+    threads_before = torch.get_num_threads()
     engine, app = build_server(ServerSettings(), EngineConfig(dtype="float32", pool_mb=64, max_model_len=256,
                                                               num_threads=2))
     release_team()  # then a team of our own making, whose workers we know
@@ -61,3 +61,4 @@ def test_the_engine_threads_team_is_the_only_one(thawed):
             assert tids() - before <= {worker}  # the executor's worker (if new), and no team beside it
     finally:
         engine.shutdown()
+        torch.set_num_threads(threads_before)  # the engine config set 2 for the whole process
