@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench.peers import process
-from bench.peers.assets import adapters_dir
-from bench.peers.llama_server_compare import IN_FLIGHT, _run
+from bench.peers.llama_server_compare import IN_FLIGHT, _loraplex, _run
 from bench.peers.systems import REPO
 from bench.report_file import emit
 
@@ -47,12 +46,7 @@ def _threads(before: dict, after: dict, pid: int) -> list[dict]:
 
 
 def measure(src: Path, args, work: Path, port: int) -> dict:
-    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--pool-mb", "2048",
-           "--adapter-cache-mb", "4096", "--num-threads", str(args.threads), "--max-num-seqs", str(IN_FLIGHT),
-           "--weights", args.weights, "--log-level", "warning"]
-    if args.n:
-        cmd += ["--adapter-dir", str(adapters_dir(args.n))]
-    server = process.start("loraplex", cmd, port, work / "server.log", env={"PYTHONPATH": str(src)}, cwd=src)
+    server = _loraplex(port, args.n, work / "server.log", args.threads, args.weights, src)
     try:
         _run(server, "warm-up", args.n, argparse.Namespace(requests=8), work / "warm.json", False)
         before = _snapshot(server.proc.pid)

@@ -27,13 +27,14 @@ N_ADAPTERS = 100
 IN_FLIGHT = 16
 
 
-def _loraplex(port: int, n: int, log: Path, threads: int, weights: str) -> process.ServerProcess:
-    cmd = [str(REPO / ".venv" / "bin" / "loraplex"), "serve", "--port", str(port), "--pool-mb", "2048",
+def _loraplex(port: int, n: int, log: Path, threads: int, weights: str, src: Path = REPO) -> process.ServerProcess:
+    """`loraplex serve` from the checkout at src (this one, or a worktree of another revision)."""
+    cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--pool-mb", "2048",
            "--adapter-cache-mb", "4096", "--num-threads", str(threads), "--max-num-seqs", str(IN_FLIGHT),
            "--weights", weights, "--log-level", "warning"]
     if n:
         cmd += ["--adapter-dir", str(adapters_dir(n)), "--adapter", f"{STRONG_NAME}={strong_adapter()}"]
-    return process.start("loraplex", cmd, port, log, cwd=REPO)
+    return process.start("loraplex", cmd, port, log, env={"PYTHONPATH": str(src)}, cwd=src)
 
 
 def _llama(port: int, n: int, log: Path, threads: int, kind: str) -> process.ServerProcess:
