@@ -100,14 +100,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="with --llama-cpp: threads for both engines")
     ap.add_argument("--rounds", type=int, default=1, help="with --llama-cpp: rounds of both engines, interleaved; "
                     "the median ratio is reported with its range")
+    ap.add_argument("--pairs", type=int, default=0, help="with --llama-cpp: each round also times the one-request "
+                    "decode in this many adjacent pairs of both engines at the same context length")
     args = ap.parse_args()
     if args.llama_cpp:
         from bench.engine_vs_llama_cpp import compare
 
         args.weights = args.weights or "fp32,gguf"
-        report = compare(args.weights.split(","), args.threads, args.rounds)
+        report = compare(args.weights.split(","), args.threads, args.rounds, args.pairs)
         report["command"] = (f"python -m bench.engine --llama-cpp --weights {args.weights} --threads {args.threads}"
-                             f" --rounds {args.rounds}" + (f" --out {args.out}" if args.out else ""))
+                             f" --rounds {args.rounds}" + (f" --pairs {args.pairs}" if args.pairs else "")
+                             + (f" --out {args.out}" if args.out else ""))
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=1)

@@ -59,13 +59,43 @@ def engine_for(weights: str, threads: int, seed: int = 0) -> LLMEngine:
     return engine
 
 
+def _decode_ms(run: dict) -> float:
+    return run["decode_s"] / (GEN - 1) * 1e3
+
+
+def paired_decode(engine: LLMEngine, kind: str, threads: int, pairs: int, seed: int = 0) -> dict:
+    """One-request decode, loraplex and llama.cpp in turn, `pairs` times: each pair is one request of ours
+    (PROMPT-token prompt, then GEN tokens) beside one llama-bench run of GEN tokens after a PROMPT-token
+    context (-d), seconds apart, so both see the same moment of a shared host and the same context length;
+    who goes first alternates. The ratio of record is the median of the pairs' ratios."""
+    from bench.llama_cpp_engine import decode_at_depth
+    from bench.peers import llama_cpp
+
+    build, model = llama_cpp.ensure_built(), llama_cpp.convert_model(kind)
+    torch.set_num_threads(threads)
+    vocab = engine.checkpoint.config.vocab_size
+    rows = []
+    for i in range(pairs):
+        mine = theirs = None
+        for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
+            if side == "ours":
+                mine = _decode_ms(_timed_run(engine, _prompts(1, vocab, seed + 7919 * (i + 1))))
+            else:
+                theirs = decode_at_depth(build, model, threads)["decode_ms_per_token"]
+        rows.append({"loraplex_ms_per_token": round(mine, 3), "llama_cpp_ms_per_token": round(theirs, 3),
+                     "ratio": round(theirs / mine, 3)})
+    ratios = [r["ratio"] for r in rows]
+    return {"ratio": round(statistics.median(ratios), 3), "range": [min(ratios), max(ratios)],
+            "llama_bench": f"-p 0 -n {GEN} -d {PROMPT} -r 1 -t {threads}", "pairs": rows}
+
+
 def ours(engine: LLMEngine, weights: str, threads: int, seed: int = 0) -> dict:
     """One round; a fresh seed per round keeps the prefix cache from serving a prompt it saw before."""
     torch.set_num_threads(threads)
     vocab = engine.checkpoint.config.vocab_size
     one = _timed_run(engine, _prompts(1, vocab, seed))
     single = {"prefill_tok_per_s": PROMPT / one["prefill_s"],  # the prompt's step also samples token 1
-              "decode_ms_per_token": one["decode_s"] / (GEN - 1) * 1e3}
+              "decode_ms_per_token": _decode_ms(one)}
     batched = {}
     for n in PARALLEL:
         r = _timed_run(engine, _prompts(n, vocab, seed + n))
@@ -88,9 +118,10 @@ def ratios(mine: dict, theirs: dict) -> dict:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def compare(weights: list[str], threads: int, rounds: int = 1) -> dict:
+def compare(weights: list[str], threads: int, rounds: int = 1, pairs: int = 0) -> dict:
     """Each round measures loraplex then llama.cpp, weights mode by weights mode, so a slow phase of a shared
-    host lands on both sides of a round's ratios; the median over rounds is reported with its range."""
+    host lands on both sides of a round's ratios; the median over rounds is reported with its range.
+    pairs > 0: each round also times the one-request decode in that many pairs (paired_decode)."""
     from bench.llama_cpp_engine import measure
 
     engines = {w: engine_for(w, threads) for w in weights}
@@ -103,6 +134,10 @@ def compare(weights: list[str], threads: int, rounds: int = 1) -> dict:
             theirs = measure((kind,), (threads,))
             llama = theirs["results"][kind]["by_threads"][threads]
             by_round[w].append({"loraplex": mine, "llama_cpp": {"file": kind, **llama}, "ratio": ratios(mine, llama)})
+            if pairs:
+                paired = paired_decode(engines[w], kind, threads, pairs, seed=1000 * r)
+                by_round[w][-1]["single_decode_pairs"] = paired
+                by_round[w][-1]["ratio"]["single_decode_paired"] = paired["ratio"]
             print(f"round {r + 1}/{rounds}: {w} vs llama.cpp {kind}: {by_round[w][-1]['ratio']}")
     rows = {}
     for w, runs in by_round.items():

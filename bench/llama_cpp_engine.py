@@ -49,6 +49,17 @@ def llama_bench_command(build: llama_cpp.Build, model: Path, threads: int) -> li
             "-t", str(threads), "-o", "json"]
 
 
+def decode_at_depth_command(build: llama_cpp.Build, model: Path, threads: int, repetitions: int = 1) -> list[str]:
+    """llama-bench's decode of GEN tokens after a PROMPT-token context (-d), as loraplex's one request decodes."""
+    return [str(build.binary("llama-bench")), "-m", str(model), "-p", "0", "-n", str(GEN), "-d", str(PROMPT),
+            "-r", str(repetitions), "-t", str(threads), "-o", "json"]
+
+
+def decode_at_depth(build: llama_cpp.Build, model: Path, threads: int) -> dict:
+    out, _, _ = _run(decode_at_depth_command(build, model, threads))
+    return parse_llama_bench(out)
+
+
 def batched_bench_command(build: llama_cpp.Build, model: Path, threads: int) -> list[str]:
     # KV is per sequence here (not unified): the context is split in max(PARALLEL) equal parts, each must
     # hold a prompt and its output
