@@ -11,7 +11,7 @@ from server.adapters.manager import AdapterManager
 from server.adapters.types import AdapterError
 from server.engine.outputs import TokenLogprob
 from server.engine.prompt_logprobs import prompt_logprobs
-from server.engine.sampler import SampleRow, sample
+from server.engine.sampler import SampleRow, argmax_only, sample
 from server.engine.scheduler import ScheduledChunk, SchedulerOutput
 from server.engine.sequence import TokenRouting
 from server.memory.device_pool import DevicePool
@@ -178,10 +178,15 @@ class ModelRunner:
         self._score_prompts(out, hidden)
         if not sampling:
             return []
-        logits = self.model.logits(hidden[batch.logits_indices])  # (S, V)
-        rows = [SampleRow(c.seq.params, self.generators.get(c.seq.seq_id), c.seq.prompt_ids, c.seq.output_ids)
-                for c in sampling]
-        tokens, logprobs = sample(apply_masks(logits.float().cpu(), masks), rows, self.default_generator, self.eos_ids)
+        if masks is None and all(argmax_only(c.seq.params) for c in sampling):  # no draw, no logprob, no mask
+            tokens = self.model.greedy_tokens(hidden[batch.logits_indices]).tolist()  # (S,)
+            logprobs = [None] * len(sampling)
+        else:
+            logits = self.model.logits(hidden[batch.logits_indices])  # (S, V)
+            rows = [SampleRow(c.seq.params, self.generators.get(c.seq.seq_id), c.seq.prompt_ids, c.seq.output_ids)
+                    for c in sampling]
+            tokens, logprobs = sample(apply_masks(logits.float().cpu(), masks), rows, self.default_generator,
+                                      self.eos_ids)
         return [
             Sampled(c, t, lp, self.partial_prompt_logprobs.pop(c.seq.seq_id, None) if not c.seq.output_ids else None)
             for c, t, lp in zip(sampling, tokens, logprobs, strict=True)

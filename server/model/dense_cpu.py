@@ -6,13 +6,17 @@ kernel splits output rows across the threads and streams each weight row once fo
 fp32: the projections and the output head become QuantLinears over byte views of their own weights (no
 copy); kernels.ops.quant_matmul hands steps of more than 128 rows back to torch's GEMM. bf16 (`--weights bf16`):
 the projections, the embedding and the head are rounded to bfloat16 once (half the bytes per step) and
-every matmul accumulates in fp32 on the exact widened values; norms stay fp32.
+every matmul accumulates in fp32 on the exact widened values; norms stay fp32. fp32 greedy rows take their
+argmax through server/model/screened_head.py (exact, half the head's bytes).
 """
+
+import os
 
 import torch
 from torch import nn
 
 from server.model.quant import QuantEmbedding, QuantLinear
+from server.model.screened_head import ScreenedHead
 
 F32, BF16 = 0, 30  # ggml types: 32 plain floats / bfloat16s per "block"
 _DTYPES = {F32: torch.float32, BF16: torch.bfloat16}
@@ -48,4 +52,6 @@ def serve_with_cpu_kernel(model: nn.Module, qtype: int = F32) -> int:
             return swapped
         model.lm_head = QuantLinear(_as_blocks(head.weight, qtype), qtype, head.weight.shape[1])
     model.logits = model.lm_head.forward  # (S, D) -> (S, V)
+    if model.lm_head.qtype == F32 and os.environ.get("LORAPLEX_GREEDY_SCREEN") != "off":  # off: the full head
+        model.greedy_tokens = ScreenedHead(model.lm_head.blocks, model.lm_head.in_features, model.logits).argmax
     return swapped + 1

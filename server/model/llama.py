@@ -166,6 +166,10 @@ class LlamaForCausalLM(nn.Module):
         w = self.model.embed_tokens.weight if self.tied else self.lm_head.weight
         return F.linear(h, w)  # (S, V)
 
+    def greedy_tokens(self, h: torch.Tensor) -> torch.Tensor:
+        """(S, D) -> (S,) the argmax of each row's logits; a serving mode may swap in a faster exact path."""
+        return self.logits(h).argmax(-1)
+
     def forward(self, input_ids, positions, step: ForwardStep, kv_cache: KVCache) -> torch.Tensor:
         h = self.hidden_states(input_ids, positions, step, kv_cache)
         return self.logits(h[step.attention.logits_indices])  # (S, V)
