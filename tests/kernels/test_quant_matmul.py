@@ -14,7 +14,7 @@ from kernels.torch.quant_matmul import BF16, BLOCK_BYTES, F32, Q4_0, Q4_1, Q8_0,
 needs_cc = pytest.mark.skipif(not cpu_quant.available(torch.zeros(1)), reason="no C compiler: the CPU kernel is off")
 
 TYPES = [Q8_0, Q4_0, Q4_1]
-ROWS = [1, 3, 16, 40, 64, 300]  # 40: a partial group of x rows; 300: two chunks of the packed path
+ROWS = [1, 3, 12, 16, 40, 64, 300]  # 12: part of a 16-lane vector; 40: a partial group of x rows; 300: two chunks
 # (out, in): under, at and past the kernel's 8-row tile and 512-input chunk, odd row counts
 SHAPES = [(1, 32), (37, 96), (8, 512), (130, 576), (19, 1056)]
 
@@ -101,7 +101,7 @@ def test_c_kernel_sweep(qtype, rows, shape, num_threads, threads):
     x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(rows))
     w = gguf_dequantize(blocks, qtype)
     twin = quant_matmul(x, blocks, qtype)
-    for isa in isas():
+    for isa in (-1, *isas()):  # -1: the path this CPU picks by rows (packed, wide) past gemv_rows
         for gemv_rows in (0, cpu_quant.GEMV_MAX_ROWS, 64):
             y = cpu_quant.run(x, blocks, qtype, isa=isa, gemv_rows=gemv_rows)
             assert_matmul_close(y, x, w)
@@ -193,7 +193,7 @@ def test_c_kernel_f32_sweep(rows, shape, num_threads, threads):
     threads(num_threads)
     w, blocks = f32_blocks(*shape, seed=rows)
     x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(rows))
-    for isa in isas():
+    for isa in (-1, *isas()):
         for gemv_rows in (0, cpu_quant.GEMV_MAX_ROWS, 64):
             assert_matmul_close(cpu_quant.run(x, blocks, F32, isa=isa, gemv_rows=gemv_rows), x, w)
     assert_matmul_close(ops.quant_matmul(x, blocks, F32), x, w)  # the C kernel or torch's GEMM, by rows
@@ -227,7 +227,7 @@ def test_c_kernel_bf16_sweep(rows, shape, threads):
     threads(2)
     w, blocks = bf16_blocks(*shape, seed=rows)
     x = torch.randn(rows, shape[1], generator=torch.Generator().manual_seed(rows))
-    for isa in isas():
+    for isa in (-1, *isas()):
         for gemv_rows in (0, cpu_quant.GEMV_MAX_ROWS, 64):
             assert_matmul_close(cpu_quant.run(x, blocks, BF16, isa=isa, gemv_rows=gemv_rows), x, w)
     assert_matmul_close(ops.quant_matmul(x, blocks, BF16), x, w)
