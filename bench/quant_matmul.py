@@ -1,6 +1,7 @@
 """The CPU matmul kernel's paths side by side on one model's projection shapes (kernels/cpu/quant_matmul.c):
-the default (isa -1: the register path up to GEMV_MAX_ROWS rows, the packed outer-product path from 16 rows on
-AVX-512 / 8 on AVX2, the tiled one between), the register and tiled paths by name (best isa), and for dense
+the default (isa -1: the register path up to GEMV_MAX_ROWS rows, 1.5x that for quantized blocks, the packed
+outer-product path past them; up to session 9 the tiled one below 16 rows on AVX-512), the register and tiled
+paths by name (best isa), and for dense
 fp32 torch's GEMM, at each row count and thread count. Same run, best of N each.
 
     python -m bench.quant_matmul --out bench/results/quant_matmul_packed.json
