@@ -7,7 +7,7 @@ fp32: the projections and the output head become QuantLinears over byte views of
 copy); kernels.ops.quant_matmul hands steps of more than 128 rows back to torch's GEMM. bf16 (`--weights bf16`):
 the projections, the embedding and the head are rounded to bfloat16 once (half the bytes per step) and
 every matmul accumulates in fp32 on the exact widened values; norms stay fp32. fp32 greedy rows take their
-argmax through server/model/screened_head.py (exact, half the head's bytes).
+argmax through server/model/screened_head.py (exact, from a Q8_0 copy: a quarter of the head's bytes).
 """
 
 import os
