@@ -74,14 +74,16 @@ def paired_decode(engine: LLMEngine, kind: str, threads: int, pairs: int, seed: 
     build, model = llama_cpp.ensure_built(), llama_cpp.convert_model(kind)
     torch.set_num_threads(threads)
     vocab = engine.checkpoint.config.vocab_size
+
+    def ours_ms(i: int) -> float:
+        return _decode_ms(_timed_run(engine, _prompts(1, vocab, seed + 7919 * (i + 1))))
+
+    def theirs_ms() -> float:
+        return decode_at_depth(build, model, threads)["decode_ms_per_token"]
+
     rows = []
-    for i in range(pairs):
-        mine = theirs = None
-        for side in ("ours", "theirs") if i % 2 == 0 else ("theirs", "ours"):
-            if side == "ours":
-                mine = _decode_ms(_timed_run(engine, _prompts(1, vocab, seed + 7919 * (i + 1))))
-            else:
-                theirs = decode_at_depth(build, model, threads)["decode_ms_per_token"]
+    for i in range(pairs):  # a tuple is evaluated left to right: who goes first alternates
+        mine, theirs = (ours_ms(i), theirs_ms()) if i % 2 == 0 else reversed((theirs_ms(), ours_ms(i)))
         rows.append({"loraplex_ms_per_token": round(mine, 3), "llama_cpp_ms_per_token": round(theirs, 3),
                      "ratio": round(theirs / mine, 3)})
     ratios = [r["ratio"] for r in rows]

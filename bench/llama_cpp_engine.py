@@ -49,10 +49,11 @@ def llama_bench_command(build: llama_cpp.Build, model: Path, threads: int) -> li
             "-t", str(threads), "-o", "json"]
 
 
-def decode_at_depth_command(build: llama_cpp.Build, model: Path, threads: int, repetitions: int = 1) -> list[str]:
-    """llama-bench's decode of GEN tokens after a PROMPT-token context (-d), as loraplex's one request decodes."""
+def decode_at_depth_command(build: llama_cpp.Build, model: Path, threads: int) -> list[str]:
+    """llama-bench's decode of GEN tokens after a PROMPT-token context (-d), as loraplex's one request decodes;
+    one repetition (after its warm-up run)."""
     return [str(build.binary("llama-bench")), "-m", str(model), "-p", "0", "-n", str(GEN), "-d", str(PROMPT),
-            "-r", str(repetitions), "-t", str(threads), "-o", "json"]
+            "-r", "1", "-t", str(threads), "-o", "json"]
 
 
 def decode_at_depth(build: llama_cpp.Build, model: Path, threads: int) -> dict:
