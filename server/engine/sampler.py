@@ -82,15 +82,18 @@ def warp(logits: torch.Tensor, rows: list[SampleRow]) -> torch.Tensor:
     return lp.apply_min_p_top_k_top_p(*_scaled(logits, rows))
 
 
+def _processed(p: SamplingParams) -> bool:
+    return bool(p.logit_bias or p.min_tokens or p.penalized)
+
+
 def argmax_only(params: SamplingParams) -> bool:
     """Whether a row's token is the argmax of its raw logits and nothing else is read from them."""
-    p = params
-    return p.greedy and p.logprobs is None and not (p.logit_bias or p.min_tokens or p.penalized)
+    return params.greedy and params.logprobs is None and not _processed(params)
 
 
 def process(logits: torch.Tensor, rows: list[SampleRow], eos_ids: Collection[int] = ()) -> torch.Tensor:
     """Raw logits (S, V) -> what greedy rows take the argmax of: min_tokens mask, logit_bias, penalties."""
-    if not any(r.params.logit_bias or r.params.min_tokens or r.params.penalized for r in rows):
+    if not any(_processed(r.params) for r in rows):
         return logits
     logits = logits.clone()
     _stop_masks(logits, rows, eos_ids)

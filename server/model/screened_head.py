@@ -17,9 +17,8 @@ import torch
 
 from kernels import ops
 from kernels.cpu.quant_matmul import GEMV_MAX_ROWS
-from kernels.torch.quant_matmul import dequantize
+from kernels.torch.quant_matmul import F32, Q8_0, dequantize
 
-Q8_0, F32 = 8, 0  # ggml types (kernels.torch.quant_matmul)
 MAX_ROWS = GEMV_MAX_ROWS  # the rows the kernel streams; more are bound by arithmetic, which the screen leaves whole
 TINY = 2.0**-100  # covers underflowed products: K * 2^-149 each matmul
 
